@@ -1,0 +1,1 @@
+"""aigc_jax: GANs, VAEs, DDPM diffusion and a decoder-only Transformer LM in JAX/Flax."""

@@ -1,0 +1,59 @@
+"""Deterministic, random-access batches: the batch of step s is a pure function of (seed, s).
+
+That makes resuming exact (a restarted run asks for step s and gets the batch it would have
+had) and multi-process sharding trivial (every process computes the same global batch
+indices and keeps its own slice). Epochs are fresh permutations of the data set.
+"""
+
+import functools
+
+import numpy as np
+
+
+class ImageBatches:
+  """Global batches of images scaled to [-1, 1], this process's share shaped [devices, per_device, H, W, C].
+
+  `global_batch` must divide evenly over processes and devices (`parallel.check_batch`).
+  """
+
+  def __init__(self, images: np.ndarray, global_batch: int, *, seed: int, process_index: int,
+               process_count: int, local_devices: int, shuffle: bool = True,
+               random_flip: bool = False):
+    per_process = global_batch // process_count
+    self.images = images
+    self.global_batch = global_batch
+    self.seed = seed
+    self.shuffle = shuffle
+    self.random_flip = random_flip
+    self.local_devices = local_devices
+    self.lo = process_index * per_process
+    self.hi = self.lo + per_process
+
+  def __len__(self) -> int:
+    """Full global batches in one pass over the data (the last partial one is dropped)."""
+    return len(self.images) // self.global_batch
+
+  @functools.lru_cache(maxsize=2)
+  def _order(self, epoch: int) -> np.ndarray:
+    n = len(self.images)
+    return np.random.default_rng([self.seed, 0, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+  def global_indices(self, step: int) -> np.ndarray:
+    """Data-set indices of the whole global batch of `step`, over all processes."""
+    n = len(self.images)
+    pos = np.arange(step * self.global_batch, (step + 1) * self.global_batch)
+    epochs, offsets = np.divmod(pos, n)
+    idx = np.empty_like(pos)
+    for e in np.unique(epochs):
+      idx[epochs == e] = self._order(int(e))[offsets[epochs == e]]
+    return idx
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's part of the global batch of `step`: {'image': float32 [L, B/L, H, W, C]}."""
+    idx = self.global_indices(step)[self.lo:self.hi]
+    x = self.images[idx].astype(np.float32) / 127.5 - 1.0
+    if self.random_flip:
+      flip = np.random.default_rng([self.seed, 1, step]).random(self.global_batch) < 0.5
+      flip = flip[self.lo:self.hi]
+      x[flip] = x[flip, :, ::-1]
+    return {'image': x.reshape((self.local_devices, -1) + x.shape[1:])}

@@ -1,0 +1,1 @@
+"""Sample-quality and likelihood metrics (FID/IS/KID, bits/dim, perplexity)."""

@@ -1,0 +1,209 @@
+"""DDPM (Ho et al. 2020): epsilon prediction with a plain MSE loss, ancestral and DDIM samplers.
+
+The forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) with linear betas;
+the model predicts the noise; the reverse process uses the posterior q(x_{t-1} | x_t, x_0)
+with x_0 predicted from the noise, and the "fixed large" variance beta_t.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from aigc_jax.errors import UserError
+from aigc_jax.models.unet import UNet
+from aigc_jax.train import optim
+from aigc_jax.train import state as state_lib
+
+
+@flax.struct.dataclass
+class Schedule:
+  """Per-timestep constants of the diffusion, each a float32 [T] array (computed in float64)."""
+  betas: jax.Array
+  alphas_cumprod: jax.Array
+  alphas_cumprod_prev: jax.Array
+  posterior_variance: jax.Array
+  posterior_mean_coef1: jax.Array  # multiplies x_0
+  posterior_mean_coef2: jax.Array  # multiplies x_t
+  fixed_large_log_variance: jax.Array
+
+  @property
+  def num_timesteps(self) -> int:
+    return self.betas.shape[0]
+
+
+def linear_schedule(num_timesteps: int, beta_start: float, beta_end: float) -> Schedule:
+  """The DDPM schedule: betas linear from `beta_start` to `beta_end` over T steps."""
+  betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+  alphas = 1.0 - betas
+  abar = np.cumprod(alphas)
+  abar_prev = np.append(1.0, abar[:-1])
+  post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+  arrays = dict(
+      betas=betas,
+      alphas_cumprod=abar,
+      alphas_cumprod_prev=abar_prev,
+      posterior_variance=post_var,
+      posterior_mean_coef1=betas * np.sqrt(abar_prev) / (1.0 - abar),
+      posterior_mean_coef2=(1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
+      # beta_t, with beta_1 replaced by the posterior variance at t=1 so that the last
+      # step is not over-noised (as in the original implementation).
+      fixed_large_log_variance=np.log(np.append(post_var[1], betas[1:])),
+  )
+  return Schedule(**{k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()})
+
+
+def _at(a_T: jax.Array, t_B: jax.Array, x_B: jax.Array) -> jax.Array:
+  """a[t] broadcast against x's trailing dimensions."""
+  return a_T[t_B].reshape((-1,) + (1,) * (x_B.ndim - 1))
+
+
+def q_sample(s: Schedule, x0: jax.Array, t_B: jax.Array, noise: jax.Array) -> jax.Array:
+  """A draw of x_t ~ q(x_t | x_0) given the standard-normal `noise`."""
+  abar = _at(s.alphas_cumprod, t_B, x0)
+  return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
+
+
+def q_posterior(s: Schedule, x0: jax.Array, xt: jax.Array, t_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mean and variance of q(x_{t-1} | x_t, x_0)."""
+  mean = _at(s.posterior_mean_coef1, t_B, xt) * x0 + _at(s.posterior_mean_coef2, t_B, xt) * xt
+  return mean, _at(s.posterior_variance, t_B, xt)
+
+
+def predict_x0(s: Schedule, xt: jax.Array, t_B: jax.Array, eps: jax.Array) -> jax.Array:
+  """x_0 implied by x_t and the predicted noise."""
+  abar = _at(s.alphas_cumprod, t_B, xt)
+  return (xt - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar)
+
+
+def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+  """`steps` timesteps from T-1 down to 0, evenly spaced."""
+  if not 1 <= steps <= num_timesteps:
+    raise UserError(f'sample.steps={steps} must be in 1..{num_timesteps} (diffusion.num_timesteps)')
+  return np.round(np.linspace(num_timesteps - 1, 0, steps)).astype(np.int32)
+
+
+def to_uint8(x: jax.Array) -> jax.Array:
+  """[-1, 1] floats to 0..255 bytes."""
+  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+class DDPM:
+  """Denoising diffusion: `config.model` sizes the UNet, `config.diffusion` the schedule."""
+
+  def __init__(self, config: ml_collections.ConfigDict, axis_name: str):
+    self.axis_name = axis_name
+    self.image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
+    m = config.model
+    _validate_unet(m, config.data.image_size)
+    self.model = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                      attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                      num_groups=m.num_groups, out_ch=config.data.channels,
+                      dtype=jnp.dtype(m.dtype))
+    d = config.diffusion
+    self.schedule = linear_schedule(d.num_timesteps, d.beta_start, d.beta_end)
+    self.tx, self.lr_schedule = optim.create(config.optim, config.training.num_train_steps)
+    self.ema_rate = config.training.ema_rate
+    self.sample_cfg = config.sample
+    if config.sample.method not in ('ancestral', 'ddim'):
+      raise UserError(f"sample.method={config.sample.method!r} is unknown: use 'ancestral' or 'ddim'")
+    if config.sample.method == 'ddim':
+      ddim_timesteps(d.num_timesteps, config.sample.steps)
+
+  def init(self, rng: jax.Array) -> state_lib.TrainState:
+    x = jnp.zeros((1,) + self.image_shape, jnp.float32)
+    params = self.model.init({'params': rng}, x, jnp.zeros((1,), jnp.int32), train=False)['params']
+    return state_lib.create(params, self.tx, jax.random.fold_in(rng, 1))
+
+  def _noised(self, x0: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(x_t, t, noise) with t and noise drawn per example from a key of its global index.
+
+    Keying by the example's position in the global batch makes the loss independent of
+    how the batch is split over devices.
+    """
+    B = x0.shape[0]
+    idx = jax.lax.axis_index(self.axis_name) * B + jnp.arange(B)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, idx)
+    t = jax.vmap(lambda k: jax.random.randint(k, (), 0, self.schedule.num_timesteps))(keys)
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0.shape[1:]))(keys)
+    return q_sample(self.schedule, x0, t, noise), t, noise
+
+  def train_step(self, state: state_lib.TrainState, batch: dict[str, Any],
+                 rng: jax.Array) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+    rng_noise, rng_dropout = jax.random.split(rng)
+    xt, t, noise = self._noised(batch['image'], rng_noise)
+    rng_dropout = jax.random.fold_in(rng_dropout, jax.lax.axis_index(self.axis_name))
+
+    def loss_fn(params):
+      eps = self.model.apply({'params': params}, xt, t, train=True, rngs={'dropout': rng_dropout})
+      return jnp.mean(jnp.square(eps - noise))
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    grads = jax.lax.pmean(grads, self.axis_name)
+    new_state = state_lib.apply_gradients(state, grads, self.tx, self.ema_rate)
+    metrics = {'loss': jax.lax.pmean(loss, self.axis_name), 'grad_norm': optax.global_norm(grads),
+               'lr': self.lr_schedule(state.step)}
+    return new_state, metrics
+
+  def eval_step(self, state: state_lib.TrainState, batch: dict[str, Any],
+                rng: jax.Array) -> dict[str, jax.Array]:
+    """The denoising loss of the EMA parameters on held-out images."""
+    xt, t, noise = self._noised(batch['image'], rng)
+    eps = self.model.apply({'params': state.ema_params}, xt, t, train=False)
+    return {'loss': jax.lax.pmean(jnp.mean(jnp.square(eps - noise)), self.axis_name)}
+
+  def sample(self, state: state_lib.TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
+    """`num` images from the EMA parameters with `config.sample.method`, one jitted loop."""
+    params = state.ema_params
+    s = self.schedule
+
+    def eps_fn(x, t):
+      return self.model.apply({'params': params}, x, jnp.full((num,), t, jnp.int32), train=False)
+
+    x = jax.random.normal(rng, (num,) + self.image_shape)
+    if self.sample_cfg.method == 'ancestral':
+      def body(i, x):
+        t = s.num_timesteps - 1 - i
+        t_B = jnp.full((num,), t, jnp.int32)
+        x0 = jnp.clip(predict_x0(s, x, t_B, eps_fn(x, t)), -1.0, 1.0)
+        mean, _ = q_posterior(s, x0, x, t_B)
+        z = jax.random.normal(jax.random.fold_in(rng, t), x.shape)
+        return mean + (t > 0) * jnp.exp(0.5 * s.fixed_large_log_variance[t]) * z
+      x = jax.lax.fori_loop(0, s.num_timesteps, body, x)
+    else:
+      ts = jnp.asarray(ddim_timesteps(s.num_timesteps, self.sample_cfg.steps))
+      abar_S = s.alphas_cumprod[ts]
+      abar_prev_S = jnp.append(abar_S[1:], 1.0)
+      eta = self.sample_cfg.eta
+
+      def body(i, x):
+        t_B = jnp.full((num,), ts[i], jnp.int32)
+        abar, abar_prev = abar_S[i], abar_prev_S[i]
+        eps = eps_fn(x, ts[i])
+        x0 = jnp.clip(predict_x0(s, x, t_B, eps), -1.0, 1.0)
+        sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
+        z = jax.random.normal(jax.random.fold_in(rng, i), x.shape)
+        return jnp.sqrt(abar_prev) * x0 + jnp.sqrt(1.0 - abar_prev - sigma**2) * eps + sigma * z
+      x = jax.lax.fori_loop(0, ts.shape[0], body, x)
+    return {'images': to_uint8(x)}
+
+
+def _validate_unet(m: ml_collections.ConfigDict, image_size: int) -> None:
+  """Shape constraints of the UNet, checked before anything compiles."""
+  down = 2 ** (len(m.ch_mult) - 1)
+  if image_size % down:
+    raise UserError(f'data.image_size={image_size} must be divisible by {down} = 2**(len(model.ch_mult)-1) '
+                    f'for model.ch_mult={tuple(m.ch_mult)}: change one of them')
+  for width in {m.ch * k for k in m.ch_mult}:
+    if width % m.num_groups:
+      raise UserError(f'model.num_groups={m.num_groups} must divide every level width '
+                      f'(model.ch * model.ch_mult = {width}): change model.num_groups or model.ch')
+  resolutions = [image_size // 2**i for i in range(len(m.ch_mult))]
+  for r in m.attn_resolutions:
+    if r not in resolutions:
+      raise UserError(f'model.attn_resolutions contains {r}, but the UNet levels have resolutions '
+                      f'{resolutions}: pick from those')

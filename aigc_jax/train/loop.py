@@ -1,0 +1,185 @@
+"""The one training loop, plus the sample and eval entry points that read its checkpoints.
+
+train: init or restore -> pmapped steps -> log / sample / checkpoint at their intervals ->
+final checkpoint. It calls the method only through the `Method` protocol and never asks
+which method it runs.
+"""
+
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from aigc_jax import data
+from aigc_jax import methods
+from aigc_jax.errors import UserError
+from aigc_jax.train import checkpoint
+from aigc_jax.train import parallel
+from aigc_jax.train import state as state_lib
+from aigc_jax.train import writers
+
+
+def _say(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def validate(config: ml_collections.ConfigDict, devs: parallel.Devices) -> None:
+  """Checks the loop's own settings before anything loads or compiles."""
+  t = config.training
+  parallel.check_batch(t.batch_size, devs)
+  for key in ('num_train_steps', 'log_every', 'checkpoint_every', 'steps_per_call', 'keep_checkpoints'):
+    if t[key] <= 0:
+      raise UserError(f'training.{key}={t[key]} must be positive')
+  for key in ('log_every', 'checkpoint_every', 'sample_every'):
+    if t[key] % t.steps_per_call:
+      raise UserError(f'training.{key}={t[key]} must be a multiple of training.steps_per_call='
+                      f'{t.steps_per_call}: change one of them')
+  if t.sample_every < 0:
+    raise UserError(f'training.sample_every={t.sample_every} must be >= 0 (0: no samples during training)')
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str,
+           devices: Sequence[jax.Device] | None) -> tuple[parallel.Devices, Any, Any, checkpoint.Checkpoints]:
+  """Devices, the method, a fresh train state and the run's checkpoints, after validation."""
+  devs = parallel.devices(devices)
+  validate(config, devs)
+  writers.check_writable(workdir)
+  method = methods.get_method(config, parallel.AXIS)
+  state = jax.jit(method.init)(jax.random.PRNGKey(config.seed))
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.training.keep_checkpoints)
+  return devs, method, state, ckpts
+
+
+def _restore_latest(ckpts: checkpoint.Checkpoints, state: Any, workdir: str) -> Any:
+  restored = ckpts.restore(state)
+  if restored is None:
+    raise UserError(f'no checkpoint in {workdir}/checkpoints: train first (--mode=train)')
+  return restored
+
+
+def _check_finite(metrics: dict[str, float], step: int, last_ckpt: int | None) -> None:
+  bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+  if bad:
+    kept = f'the last good checkpoint (step {last_ckpt}) is kept' if last_ckpt else 'no checkpoint was written'
+    raise UserError(f'non-finite {bad} at step {step}: training stopped and {kept}; lower optim.lr or raise '
+                    'optim.warmup_steps / tighten optim.grad_clip, then rerun to resume')
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final state."""
+  devs, method, state, ckpts = _setup(config, workdir, devices)
+  t = config.training
+  ds = data.create(config.data, config.data.train_split, t.batch_size, seed=config.seed,
+                   process_index=devs.process_index, process_count=devs.process_count,
+                   local_devices=len(devs.local), train=True)
+  restored = ckpts.restore(state)
+  if restored is not None:
+    state = restored
+  step = int(state.step)
+  last_ckpt = step if restored is not None else None
+  writer = None
+  if devs.process_index == 0:
+    writers.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    writer = writers.MetricsWriter(workdir, resume_step=step)
+  _say(f'{config.method}: {state_lib.param_count(state.params):,} parameters on {devs.kind}; '
+       f'global batch {t.batch_size}; ' +
+       (f'resuming from step {step}' if restored is not None else 'starting from step 0') +
+       f' of {t.num_train_steps}')
+
+  p_train = parallel.train_step(method.train_step, devs, t.steps_per_call)
+  p_sample = parallel.sampler(method.sample, devs, config.sample.num) if t.sample_every else None
+  start_step, start_time = step, time.time()
+  last_step, last_time = step, start_time
+  while step < t.num_train_steps:
+    n = min(t.steps_per_call, t.num_train_steps - step)
+    state, metrics = p_train(state, [ds.batch(s) for s in range(step, step + n)])
+    step += n
+    done = step == t.num_train_steps
+    do_log = step % t.log_every == 0 or done
+    do_ckpt = step % t.checkpoint_every == 0 or done
+    if do_log or do_ckpt:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      _check_finite(metrics, step, last_ckpt)
+    if do_log:
+      now = time.time()
+      rate = (step - last_step) / (now - last_time)
+      metrics['steps_per_sec'] = rate
+      metrics['examples_per_sec'] = rate * t.batch_size
+      if writer:
+        writer.write(step, metrics)
+      first = ' (incl. compile)' if last_step == start_step else ''
+      _say(f'step {step}/{t.num_train_steps} | loss {metrics["loss"]:.5f} | {rate:.2f} steps/s{first} | '
+           f'{metrics["examples_per_sec"]:.1f} examples/s | '
+           f'ETA {_format_duration((t.num_train_steps - step) / rate)}')
+      last_step, last_time = step, now
+    if do_ckpt:
+      ckpts.save(step, state)
+      last_ckpt = step
+    if p_sample and step % t.sample_every == 0:
+      samples = p_sample(state, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step))
+      if devs.process_index == 0:
+        _say(f'samples: {", ".join(writers.write_samples(workdir, step, samples))}')
+  ckpts.close()
+  if writer:
+    writer.close()
+  _say(f'done: step {step} in {_format_duration(time.time() - start_time)}; '
+       f'checkpoints at steps {ckpts.steps()} in {workdir}/checkpoints')
+  return state
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str,
+           devices: Sequence[jax.Device] | None = None) -> dict[str, np.ndarray]:
+  """Draws `config.sample.num` samples from the newest checkpoint's EMA params into samples/."""
+  devs, method, state, ckpts = _setup(config, workdir, devices)
+  state = _restore_latest(ckpts, state, workdir)
+  step = int(state.step)
+  start = time.time()
+  samples = parallel.sampler(method.sample, devs, config.sample.num)(
+      state, jax.random.PRNGKey(config.seed + 2))
+  if devs.process_index == 0:
+    paths = writers.write_samples(workdir, step, samples)
+    _say(f'{len(next(iter(samples.values())))} samples from step {step} '
+         f'({config.sample.method}) in {_format_duration(time.time() - start)}: {", ".join(paths)}')
+  ckpts.close()
+  return samples
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """The method's held-out metrics of the newest checkpoint, written to eval_<step>.json."""
+  devs, method, state, ckpts = _setup(config, workdir, devices)
+  e = config.eval
+  parallel.check_batch(e.batch_size, devs, key='eval.batch_size')
+  ds = data.create(config.data, config.data.eval_split, e.batch_size, seed=config.seed,
+                   process_index=devs.process_index, process_count=devs.process_count,
+                   local_devices=len(devs.local), train=False)
+  state = _restore_latest(ckpts, state, workdir)
+  step = int(state.step)
+  num_batches = min(len(ds), e.num_batches) if e.num_batches > 0 else len(ds)
+  if num_batches == 0:
+    raise UserError(f'eval.batch_size={e.batch_size} is larger than the {config.data.eval_split!r} split')
+  p_eval = parallel.eval_step(method.eval_step, devs)
+  rng = jax.random.PRNGKey(config.seed + 3)
+  totals: dict[str, float] = {}
+  for i in range(num_batches):
+    for k, v in p_eval(state, ds.batch(i), jax.random.fold_in(rng, i)).items():
+      totals[k] = totals.get(k, 0.0) + float(v) / num_batches
+  result = {'step': step, 'num_examples': num_batches * e.batch_size,
+            **{f'eval/{k}': v for k, v in totals.items()}}
+  if devs.process_index == 0:
+    writers.write_json(os.path.join(workdir, f'eval_{step}.json'), result)
+    _say(f'eval at step {step}: {result}')
+  ckpts.close()
+  return result

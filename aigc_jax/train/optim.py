@@ -1,0 +1,34 @@
+"""Optimizers from config: Adam(W) after a linear warmup, with global-norm clipping."""
+
+import ml_collections
+import optax
+
+from aigc_jax.errors import UserError
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
+  """Linear warmup to `cfg.lr`, then constant or cosine decay to `cfg.min_lr`."""
+  warmup = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+  if cfg.schedule == 'constant':
+    after = optax.constant_schedule(cfg.lr)
+  elif cfg.schedule == 'cosine':
+    after = optax.cosine_decay_schedule(
+        cfg.lr, max(num_train_steps - cfg.warmup_steps, 1), alpha=cfg.min_lr / cfg.lr)
+  else:
+    raise UserError(f"optim.schedule={cfg.schedule!r} is unknown: use 'constant' or 'cosine'")
+  return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+
+
+def create(cfg: ml_collections.ConfigDict,
+           num_train_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer described by `cfg` (config.optim) and its learning-rate schedule."""
+  schedule = learning_rate_schedule(cfg, num_train_steps)
+  if cfg.optimizer == 'adam':
+    opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  elif cfg.optimizer == 'adamw':
+    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  else:
+    raise UserError(f"optim.optimizer={cfg.optimizer!r} is unknown: use 'adam' or 'adamw'")
+  if cfg.grad_clip > 0:
+    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+  return opt, schedule

@@ -1,0 +1,98 @@
+"""What a run writes into its workdir: metrics.jsonl, TensorBoard events, config.json, samples.
+
+The file contracts (../shared/DESIGN.md) are kept here in one place:
+  metrics.jsonl          one JSON object per logged step: {"step": int, "<name>": float, ...}
+  samples/step_<N>.npz   key 'images': uint8 [N, H, W, C]; step_<N>.png, a grid of the same
+  eval_<N>.json          the metrics of --mode=eval at checkpoint step N
+  config.json            the resolved config of the run
+"""
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image
+
+from aigc_jax import tf_cpu
+from aigc_jax.errors import UserError
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and proves a file can be written there, or raises a clear error."""
+  probe = os.path.join(workdir, '.write_test')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'cannot write to --workdir={workdir!r} ({e.strerror}): choose a writable folder') from None
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes JSON atomically (temporary file, then rename), so readers never see half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+class MetricsWriter:
+  """Appends scalars to metrics.jsonl and to TensorBoard; only the writing process calls it."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    tf_cpu.tensorflow()
+    from clu import metric_writers
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._drop_rows_after(resume_step)
+    self.tensorboard = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def _drop_rows_after(self, step: int) -> None:
+    """A resumed run recomputes the steps after its checkpoint: drop their old rows, not duplicate them."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      rows = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    with open(self.path + '.tmp', 'w') as f:
+      f.writelines(rows)
+    os.replace(self.path + '.tmp', self.path)
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    self.tensorboard.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+
+  def close(self) -> None:
+    self.tensorboard.close()
+
+
+def image_grid(images_NHWC: np.ndarray, min_cell: int = 64) -> np.ndarray:
+  """Tiles uint8 images into one near-square grid, enlarged (nearest) so cells are >= `min_cell` px."""
+  n, h, w, c = images_NHWC.shape
+  scale = max(1, -(-min_cell // h))
+  x = images_NHWC.repeat(scale, axis=1).repeat(scale, axis=2)
+  cols = math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  pad = 2
+  H, W = h * scale + pad, w * scale + pad
+  grid = np.full((rows * H + pad, cols * W + pad, c), 255, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, cols)
+    grid[pad + r * H:pad + r * H + h * scale, pad + col * W:pad + col * W + w * scale] = x[i]
+  return grid
+
+
+def write_samples(workdir: str, step: int, samples: Mapping[str, np.ndarray]) -> list[str]:
+  """Writes samples/step_<N>.npz and .png for {'images': uint8 [N, H, W, C]}; returns the paths."""
+  folder = os.path.join(workdir, 'samples')
+  os.makedirs(folder, exist_ok=True)
+  base = os.path.join(folder, f'step_{step}')
+  images = np.asarray(samples['images'])
+  np.savez(base + '.tmp.npz', images=images)
+  os.replace(base + '.tmp.npz', base + '.npz')
+  grid = image_grid(images)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(base + '.png')
+  return [base + '.npz', base + '.png']

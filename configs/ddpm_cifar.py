@@ -1,0 +1,32 @@
+"""DDPM on CIFAR-10 as in Ho et al. (2020): the 35.7M-parameter UNet, T=1000, 800k steps.
+
+Offline: --config.data.image_folder=<folder with train/<class>/*.jpg>.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.method = 'ddpm'
+
+  config.model = model = ml_collections.ConfigDict()
+  model.ch = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 2
+  model.attn_resolutions = (16,)
+  model.dropout = 0.1
+  model.num_groups = 32
+  model.dtype = 'float32'
+
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.num_timesteps = 1000
+  diffusion.beta_start = 1e-4
+  diffusion.beta_end = 0.02
+
+  config.sample.method = 'ancestral'  # or 'ddim'
+  config.sample.steps = 100           # DDIM steps
+  config.sample.eta = 0.0             # DDIM: 0 deterministic, 1 ancestral-like
+  return config

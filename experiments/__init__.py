@@ -1,0 +1,1 @@
+"""Experiment sweeps: each file defines `get_sweep()`; see the README."""

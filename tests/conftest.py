@@ -1,0 +1,56 @@
+"""Test setup: 4 simulated CPU devices (set before JAX starts) and a tiny DDPM config."""
+
+import os
+import pathlib
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Tests build the same tiny programs many times (each run makes fresh closures): let XLA's
+# persistent cache, keyed by the program itself, compile each one once.
+JAX_CACHE = ROOT / '.pytest_cache' / 'jax_compilation_cache'
+jax.config.update('jax_compilation_cache_dir', str(JAX_CACHE))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+SHARED_DATA = ROOT.parent / 'shared' / 'data'
+
+
+def tiny_ddpm_config() -> ml_collections.ConfigDict:
+  """ddpm_digits shrunk to compile and run in seconds: an 8-wide UNet, T=100, batch 8."""
+  from configs import ddpm_digits
+  config = ddpm_digits.get_config()
+  config.model.ch = 8
+  config.model.num_groups = 4
+  config.diffusion.num_timesteps = 100
+  config.optim.warmup_steps = 2
+  config.training.batch_size = 8
+  config.training.num_train_steps = 4
+  config.training.log_every = 2
+  config.training.checkpoint_every = 2
+  config.training.sample_every = 4
+  config.sample.method = 'ddim'
+  config.sample.steps = 5
+  config.sample.num = 6
+  config.eval.batch_size = 8
+  config.eval.num_batches = 2
+  return config
+
+
+@pytest.fixture
+def tiny_config() -> ml_collections.ConfigDict:
+  return tiny_ddpm_config()
+
+
+def needs_shared_data(name: str) -> pathlib.Path:
+  """The path of a file in ../shared/data, or a skip saying why it is absent."""
+  path = SHARED_DATA / name
+  if not path.exists():
+    pytest.skip(f'{path} is absent: the real data sets live in ../shared/data beside the project '
+                '(present on the project machines and in CI, not in a user clone)')
+  return path

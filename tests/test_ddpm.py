@@ -1,0 +1,127 @@
+"""DDPM: the schedule and its closed forms, the paper's UNet size, a step that learns, the samplers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aigc_jax.data import images
+from aigc_jax.errors import UserError
+from aigc_jax.methods import ddpm
+from aigc_jax.train import parallel
+from configs import ddpm_cifar
+
+T = 1000
+
+
+@pytest.fixture(scope='module')
+def schedule():
+  return ddpm.linear_schedule(T, 1e-4, 0.02)
+
+
+def _abar(t: int) -> float:
+  """abar_t computed independently, in float64."""
+  return float(np.prod(1.0 - np.linspace(1e-4, 0.02, T)[:t + 1]))
+
+
+def test_schedule_matches_paper_endpoints(schedule):
+  np.testing.assert_allclose(schedule.betas[0], 1e-4, rtol=1e-6)
+  np.testing.assert_allclose(schedule.betas[-1], 0.02, rtol=1e-6)
+  np.testing.assert_allclose(schedule.alphas_cumprod[-1], _abar(T - 1), rtol=1e-4)
+  assert schedule.alphas_cumprod[-1] < 5e-5  # x_T is almost pure noise
+  assert np.all(np.diff(np.asarray(schedule.alphas_cumprod)) < 0)
+
+
+def test_q_sample_matches_closed_form(schedule):
+  rng = np.random.default_rng(0)
+  x0 = rng.uniform(-1, 1, (3, 4, 4, 1)).astype(np.float32)
+  noise = rng.standard_normal((3, 4, 4, 1)).astype(np.float32)
+  t = np.array([0, 10, 999])
+  got = ddpm.q_sample(schedule, x0, jnp.asarray(t), noise)
+  abar = np.array([_abar(i) for i in t])[:, None, None, None]
+  np.testing.assert_allclose(got, np.sqrt(abar) * x0 + np.sqrt(1 - abar) * noise, atol=1e-5)
+
+
+def test_posterior_matches_gaussian_conditioning(schedule):
+  """q(x_{t-1} | x_t, x_0) from the product of q(x_t | x_{t-1}) and q(x_{t-1} | x_0)."""
+  rng = np.random.default_rng(1)
+  x0 = rng.uniform(-1, 1, (3, 2, 2, 1))
+  xt = rng.standard_normal((3, 2, 2, 1))
+  t = np.array([1, 500, 999])
+  mean, var = ddpm.q_posterior(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32),
+                               jnp.asarray(t))
+  betas = np.linspace(1e-4, 0.02, T)
+  beta = betas[t][:, None, None, None]
+  abar_prev = np.array([_abar(i - 1) for i in t])[:, None, None, None]
+  precision = (1 - beta) / beta + 1 / (1 - abar_prev)
+  want_mean = (np.sqrt(1 - beta) / beta * xt + np.sqrt(abar_prev) / (1 - abar_prev) * x0) / precision
+  np.testing.assert_allclose(var, np.broadcast_to(1 / precision, var.shape), rtol=1e-4)
+  np.testing.assert_allclose(mean, want_mean, atol=1e-5)
+  mean0, var0 = ddpm.q_posterior(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32),
+                                 jnp.zeros(3, jnp.int32))
+  np.testing.assert_allclose(mean0, x0, atol=1e-6)  # at t=0 the posterior is x_0 itself
+  np.testing.assert_allclose(var0, 0.0, atol=1e-12)
+
+
+def test_predict_x0_inverts_q_sample(schedule):
+  rng = np.random.default_rng(2)
+  x0 = rng.uniform(-1, 1, (2, 4, 4, 3)).astype(np.float32)
+  noise = rng.standard_normal(x0.shape).astype(np.float32)
+  t = jnp.array([5, 700])
+  xt = ddpm.q_sample(schedule, x0, t, noise)
+  np.testing.assert_allclose(ddpm.predict_x0(schedule, xt, t, noise), x0, atol=2e-4)
+
+
+def test_ddim_timesteps():
+  ts = ddpm.ddim_timesteps(1000, 50)
+  assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and np.all(np.diff(ts) < 0)
+  with pytest.raises(UserError, match='sample.steps'):
+    ddpm.ddim_timesteps(1000, 1001)
+
+
+def test_cifar_unet_has_35_7m_parameters():
+  method = ddpm.DDPM(ddpm_cifar.get_config(), parallel.AXIS)
+  shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0))
+  count = sum(x.size for x in jax.tree.leaves(shapes.params))
+  assert abs(count - 35.7e6) <= 0.1e6, count
+
+
+def _real_digits(n: int) -> np.ndarray:
+  return images.load(_digits_cfg(), 'train')[:n].astype(np.float32) / 127.5 - 1.0
+
+
+def _digits_cfg():
+  from configs import ddpm_digits
+  return ddpm_digits.get_config().data
+
+
+def test_step_lowers_loss_on_real_digits(tiny_config):
+  tiny_config.optim.lr = 2e-3
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  devs = parallel.devices(jax.devices()[:1])
+  step = parallel.train_step(method.train_step, devs)
+  evaluate = parallel.eval_step(method.eval_step, devs)
+  batch = {'image': _real_digits(64)[None]}
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+
+  def loss(state):  # the fixed-noise loss of the current (not EMA) params
+    return evaluate(state.replace(ema_params=state.params), batch, jax.random.PRNGKey(7))['loss']
+
+  before = loss(state)
+  for _ in range(40):
+    state, metrics = step(state, [batch])
+  after = loss(state)
+  assert np.isfinite(metrics['loss'])
+  assert after < 0.6 * before, (before, after)
+
+
+@pytest.mark.parametrize('method_name', ['ancestral', 'ddim'])
+def test_samplers_give_uint8_images_on_4_devices(tiny_config, method_name):
+  tiny_config.sample.method = method_name
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  devs = parallel.devices()
+  assert len(devs.local) == 4
+  out = parallel.sampler(method.sample, devs, 6)(state, jax.random.PRNGKey(1))
+  assert out['images'].shape == (6, 8, 8, 1) and out['images'].dtype == np.uint8
+  assert len({out['images'][i].tobytes() for i in range(6)}) == 6  # every device drew its own noise

@@ -1,0 +1,142 @@
+"""The one training loop: workdir contracts, exact resume, sample/eval modes, failure handling."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from aigc_jax.errors import UserError
+from aigc_jax.methods import ddpm
+from aigc_jax.train import checkpoint
+from aigc_jax.train import loop
+from aigc_jax.train import parallel
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _assert_trees_equal(a, b, atol=0.0):
+  leaves_a, leaves_b = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """One tiny 4-step run on 4 devices, shared by the tests that only read its workdir."""
+  from tests.conftest import tiny_ddpm_config
+  workdir = str(tmp_path_factory.mktemp('run'))
+  state = loop.train(tiny_ddpm_config(), workdir)
+  return workdir, state
+
+
+def test_workdir_follows_the_contracts(trained):
+  workdir, state = trained
+  assert int(state.step) == 4
+  rows = _rows(workdir)
+  assert [r['step'] for r in rows] == [2, 4]
+  assert {'loss', 'lr', 'grad_norm', 'steps_per_sec', 'examples_per_sec'} <= set(rows[0])
+  assert all(isinstance(v, float) for r in rows for k, v in r.items() if k != 'step')
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['training']['num_train_steps'] == 4
+  with np.load(os.path.join(workdir, 'samples', 'step_4.npz')) as z:
+    assert z['images'].shape == (6, 8, 8, 1) and z['images'].dtype == np.uint8
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'step_4.png')))
+  assert grid.ndim == 2 and grid.shape[0] >= 2 * 64  # 6 digits on a 3x2 grid of >= 64 px cells
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3).steps() == [2, 4]
+
+
+def test_sample_mode_draws_from_the_ema_params(trained, tiny_config):
+  workdir, state = trained
+  samples = loop.sample(tiny_config, workdir)
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  draw = parallel.sampler(method.sample, parallel.devices(), tiny_config.sample.num)
+  key = jax.random.PRNGKey(tiny_config.seed + 2)
+  np.testing.assert_array_equal(samples['images'], draw(state, key)['images'])
+  assert not np.array_equal(samples['images'], draw(state.replace(ema_params=state.params), key)['images'])
+  with np.load(os.path.join(workdir, 'samples', 'step_4.npz')) as z:
+    np.testing.assert_array_equal(z['images'], samples['images'])
+
+
+def test_eval_mode_writes_eval_json(trained, tiny_config):
+  workdir, _ = trained
+  result = loop.evaluate(tiny_config, workdir)
+  with open(os.path.join(workdir, 'eval_4.json')) as f:
+    assert json.load(f) == result
+  assert result['num_examples'] == 16 and 0.0 < result['eval/loss'] < 10.0
+
+
+def test_resume_equals_uninterrupted_run(tiny_config, tmp_path):
+  tiny_config.training.sample_every = 0
+  resumed, straight = str(tmp_path / 'resumed'), str(tmp_path / 'straight')
+  loop.train(tiny_config, resumed)
+  tiny_config.training.num_train_steps = 8
+  state_resumed = loop.train(tiny_config, resumed)
+  state_straight = loop.train(tiny_config, straight)
+  _assert_trees_equal(state_resumed, state_straight)
+  assert [r['step'] for r in _rows(resumed)] == [2, 4, 6, 8]
+
+
+def test_rows_after_the_checkpoint_are_replaced_on_resume(tiny_config, tmp_path):
+  """A run killed after logging past its last checkpoint leaves no duplicate rows behind."""
+  tiny_config.training.sample_every = 0
+  tiny_config.training.checkpoint_every = 4
+  workdir = str(tmp_path)
+  loop.train(tiny_config, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write(json.dumps({'step': 6, 'loss': 1.0}) + '\n')  # logged by a run killed before step 8
+  tiny_config.training.num_train_steps = 8
+  loop.train(tiny_config, workdir)
+  assert [r['step'] for r in _rows(workdir)] == [2, 4, 6, 8]
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_previous(trained, tiny_config, tmp_path):
+  workdir, _ = trained
+  import shutil
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  latest = os.path.join(copy, 'checkpoints', '4')
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), 'wb'):
+        pass  # truncate every file of step 4
+  ckpts = checkpoint.Checkpoints(os.path.join(copy, 'checkpoints'), 3)
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  restored = ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0)))
+  ckpts.close()
+  assert int(restored.step) == 2
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_checkpoints(tiny_config, tmp_path):
+  tiny_config.training.sample_every = 0
+  workdir = str(tmp_path)
+  loop.train(tiny_config, workdir)
+  tiny_config.training.num_train_steps = 8
+  tiny_config.optim.lr = 1e30
+  with pytest.raises(UserError, match=r'non-finite .* at step 6: .*last good checkpoint \(step 4\)'):
+    loop.train(tiny_config, workdir)
+  assert checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3).steps() == [2, 4]
+
+
+def test_checkpoints_of_another_config_are_an_error_not_a_fresh_start(trained, tiny_config):
+  workdir, _ = trained
+  tiny_config.model.ch = 16  # a different model: the saved params do not fit
+  with pytest.raises(UserError, match='no checkpoint in .* could be restored .*use the config that wrote them'):
+    loop.sample(tiny_config, workdir)
+
+
+def test_loop_settings_are_validated_before_compiling(tiny_config, tmp_path):
+  tiny_config.training.steps_per_call = 3
+  with pytest.raises(UserError, match='training.log_every=2 must be a multiple of training.steps_per_call=3'):
+    loop.train(tiny_config, str(tmp_path))
+  tiny_config.training.steps_per_call = 1
+  tiny_config.training.batch_size = 6
+  with pytest.raises(UserError, match='training.batch_size=6 must be a positive multiple'):
+    loop.train(tiny_config, str(tmp_path))

@@ -1,0 +1,60 @@
+"""The pmapped step over 4 devices equals the 1-device step on the same global batch."""
+
+import jax
+import numpy as np
+import pytest
+
+from aigc_jax import data
+from aigc_jax.errors import UserError
+from aigc_jax.methods import ddpm
+from aigc_jax.train import parallel
+
+
+def _run(config, devices, batches, steps):
+  devs = parallel.devices(devices)
+  method = ddpm.DDPM(config, parallel.AXIS)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step = parallel.train_step(method.train_step, devs)
+  losses = []
+  for b in batches[:steps]:
+    state, metrics = step(state, [{'image': b.reshape((len(devices), -1) + b.shape[2:])}])
+    losses.append(float(metrics['loss']))
+  return jax.device_get(state), losses
+
+
+def test_4_device_step_equals_1_device_step(tiny_config):
+  assert jax.device_count() == 4
+  ds = data.create(tiny_config.data, 'train', 8, seed=0, process_index=0, process_count=1,
+                   local_devices=1, train=True)
+  batches = [ds.batch(s)['image'] for s in range(3)]
+  state4, losses4 = _run(tiny_config, jax.devices()[:4], batches, 3)
+  state1, losses1 = _run(tiny_config, jax.devices()[:1], batches, 3)
+  assert int(state4.step) == int(state1.step) == 3
+  np.testing.assert_allclose(losses4, losses1, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(state4.params), jax.tree.leaves(state1.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  changed = [not np.allclose(a, b) for a, b in
+             zip(jax.tree.leaves(state4.params), jax.tree.leaves(jax.jit(
+                 ddpm.DDPM(tiny_config, parallel.AXIS).init)(jax.random.PRNGKey(0)).params))]
+  assert any(changed)  # the steps did train
+
+
+def test_steps_per_call_scan_equals_single_steps(tiny_config):
+  """k steps in one lax.scan call equal k separate calls."""
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  devs = parallel.devices()
+  ds = data.create(tiny_config.data, 'train', 8, seed=0, process_index=0, process_count=1,
+                   local_devices=4, train=True)
+  batches = [ds.batch(s) for s in range(2)]
+  init = jax.jit(method.init)(jax.random.PRNGKey(0))
+  single, _ = parallel.train_step(method.train_step, devs, 1, donate=False)(init, batches)
+  multi, _ = parallel.train_step(method.train_step, devs, 2, donate=False)(init, batches)
+  for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(multi)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert int(multi.step) == 2
+
+
+def test_batch_not_divisible_by_devices_is_clear():
+  with pytest.raises(UserError, match='training.batch_size=6 must be a positive multiple of the number of devices'):
+    parallel.check_batch(6, parallel.devices())
+  assert parallel.check_batch(8, parallel.devices()) == 2
