@@ -23,7 +23,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def _explain_bad_override(argv: list[str], error: Exception) -> str:
   """Why absl could not apply the --config overrides: a config file that fails to load, or a key it lacks."""
   from ml_collections.config_flags import config_flags as cf
-  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+  path = paths[-1] if paths else None  # absl keeps the last
   try:
     config = cf._LoadConfigModule('config', path).get_config()  # pylint: disable=protected-access
   except Exception as e:  # pylint: disable=broad-except
@@ -39,7 +40,7 @@ def _explain_bad_override(argv: list[str], error: Exception) -> str:
         known = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '(not a section)'
         return f'unknown config key --config.{key}: {parent} has {known}'
       node = node[part]
-  return f'bad --config override: {type(error).__name__}: {error}'
+  return f'bad --config override: {type(error).__name__}: {" ".join(str(error).split())}'
 
 
 def parse_flags(argv: list[str]) -> list[str]:
