@@ -1,1 +1,1 @@
-"""Experiment sweeps: each file defines `get_sweep()`; see the README."""
+"""Experiment sweeps and their launcher: none are defined yet (planned with multi-host support)."""

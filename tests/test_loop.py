@@ -92,6 +92,7 @@ def test_rows_after_the_checkpoint_are_replaced_on_resume(tiny_config, tmp_path)
   loop.train(tiny_config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
     f.write(json.dumps({'step': 6, 'loss': 1.0}) + '\n')  # logged by a run killed before step 8
+    f.write('{"step": 8, "lo')  # and a row torn by the kill
   tiny_config.training.num_train_steps = 8
   loop.train(tiny_config, workdir)
   assert [r['step'] for r in _rows(workdir)] == [2, 4, 6, 8]

@@ -1,1 +1,1 @@
-"""Sample-quality and likelihood metrics (FID/IS/KID, bits/dim, perplexity)."""
+"""Sample-quality and likelihood metrics (FID/IS/KID, bits/dim): planned; `--mode=eval` reports each method's own held-out loss today."""

@@ -102,38 +102,42 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   p_sample = parallel.sampler(method.sample, devs, config.sample.num) if t.sample_every else None
   start_step, start_time = step, time.time()
   last_step, last_time = step, start_time
-  while step < t.num_train_steps:
-    n = min(t.steps_per_call, t.num_train_steps - step)
-    state, metrics = p_train(state, [ds.batch(s) for s in range(step, step + n)])
-    step += n
-    done = step == t.num_train_steps
-    do_log = step % t.log_every == 0 or done
-    do_ckpt = step % t.checkpoint_every == 0 or done
-    if do_log or do_ckpt:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      _check_finite(metrics, step, last_ckpt)
-    if do_log:
-      now = time.time()
-      rate = (step - last_step) / (now - last_time)
-      metrics['steps_per_sec'] = rate
-      metrics['examples_per_sec'] = rate * t.batch_size
-      if writer:
-        writer.write(step, metrics)
-      first = ' (incl. compile)' if last_step == start_step else ''
-      _say(f'step {step}/{t.num_train_steps} | loss {metrics["loss"]:.5f} | {rate:.2f} steps/s{first} | '
-           f'{metrics["examples_per_sec"]:.1f} examples/s | '
-           f'ETA {_format_duration((t.num_train_steps - step) / rate)}')
-      last_step, last_time = step, now
-    if do_ckpt:
-      ckpts.save(step, state)
-      last_ckpt = step
-    if p_sample and step % t.sample_every == 0:
-      samples = p_sample(state, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step))
-      if devs.process_index == 0:
-        _say(f'samples: {", ".join(writers.write_samples(workdir, step, samples))}')
-  ckpts.close()
-  if writer:
-    writer.close()
+  try:
+    while step < t.num_train_steps:
+      n = min(t.steps_per_call, t.num_train_steps - step)
+      state, metrics = p_train(state, [ds.batch(s) for s in range(step, step + n)])
+      step += n
+      done = step == t.num_train_steps
+      do_log = step % t.log_every == 0 or done
+      do_ckpt = step % t.checkpoint_every == 0 or done
+      if do_log or do_ckpt:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(metrics, step, last_ckpt)
+      if do_log:
+        now = time.time()
+        rate = (step - last_step) / (now - last_time)
+        metrics['steps_per_sec'] = rate
+        metrics['examples_per_sec'] = rate * t.batch_size
+        if writer:
+          writer.write(step, metrics)
+        first = ' (incl. compile)' if last_step == start_step else ''
+        _say(f'step {step}/{t.num_train_steps} | loss {metrics["loss"]:.5f} | {rate:.2f} steps/s{first} | '
+             f'{metrics["examples_per_sec"]:.1f} examples/s | '
+             f'ETA {_format_duration((t.num_train_steps - step) / rate)}')
+        last_step, last_time = step, now
+      if do_ckpt:
+        ckpts.save(step, state)
+        last_ckpt = step
+      if p_sample and step % t.sample_every == 0:
+        sample_start = time.time()
+        samples = p_sample(state, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step))
+        if devs.process_index == 0:
+          _say(f'samples: {", ".join(writers.write_samples(workdir, step, samples))}')
+        last_time += time.time() - sample_start  # steps/s and ETA count training time only
+  finally:
+    ckpts.close()  # a failing or interrupted run still completes the checkpoint it was writing
+    if writer:
+      writer.close()
   _say(f'done: step {step} in {_format_duration(time.time() - start_time)}; '
        f'checkpoints at steps {ckpts.steps()} in {workdir}/checkpoints')
   return state

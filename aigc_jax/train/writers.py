@@ -39,6 +39,14 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def _row_step(line: str) -> float:
+  """The step of a metrics.jsonl row; infinity for a torn last line of a killed run, so it is dropped."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return math.inf
+
+
 class MetricsWriter:
   """Appends scalars to metrics.jsonl and to TensorBoard; only the writing process calls it."""
 
@@ -54,7 +62,7 @@ class MetricsWriter:
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      rows = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+      rows = [line for line in f if _row_step(line) <= step]
     with open(self.path + '.tmp', 'w') as f:
       f.writelines(rows)
     os.replace(self.path + '.tmp', self.path)
