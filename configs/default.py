@@ -9,6 +9,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = data = ml_collections.ConfigDict()
+  data.kind = 'images'        # 'images' or 'text' (the LM configs replace this section)
   data.name = 'cifar10'       # a TFDS name, or 'digits' (scikit-learn's 8x8 digits, offline)
   data.image_folder = ''      # if set: a tfds.ImageFolder root (<split>/<class>/<image>) used instead of TFDS
   data.tfds_data_dir = ''     # TFDS data_dir ('' = TFDS's default, ~/tensorflow_datasets)

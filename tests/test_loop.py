@@ -55,14 +55,19 @@ def test_workdir_follows_the_contracts(trained):
 
 def test_sample_mode_draws_from_the_ema_params(trained, tiny_config):
   workdir, state = trained
+  with np.load(os.path.join(workdir, 'samples', 'step_4.npz')) as z:
+    from_training = z['images']
   samples = loop.sample(tiny_config, workdir)
   method = ddpm.DDPM(tiny_config, parallel.AXIS)
   draw = parallel.sampler(method.sample, parallel.devices(), tiny_config.sample.num)
   key = jax.random.PRNGKey(tiny_config.seed + 2)
   np.testing.assert_array_equal(samples['images'], draw(state, key)['images'])
   assert not np.array_equal(samples['images'], draw(state.replace(ema_params=state.params), key)['images'])
-  with np.load(os.path.join(workdir, 'samples', 'step_4.npz')) as z:
+  with np.load(os.path.join(workdir, 'samples', 'step_4_1.npz')) as z:
     np.testing.assert_array_equal(z['images'], samples['images'])
+  with np.load(os.path.join(workdir, 'samples', 'step_4.npz')) as z:
+    np.testing.assert_array_equal(z['images'], from_training)  # the training-time samples are kept
+  assert os.path.exists(os.path.join(workdir, 'samples', 'step_4_1.png'))
 
 
 def test_eval_mode_writes_eval_json(trained, tiny_config):

@@ -1,18 +1,30 @@
 """Input pipelines: numpy batches already shaped [devices, per_device_batch, ...] for this process.
 
 They know nothing of models or methods; the loop tells them the process and device counts.
+Each pipeline's `info` is what a method must know of the data beyond the config (for text,
+the tokenizer and its vocabulary); checkpoints keep it, and passing it back as `data_info`
+tokenizes new data the way the checkpointed model was trained.
 """
 
 import ml_collections
 
 from aigc_jax.data import images
+from aigc_jax.data import text
 from aigc_jax.data.pipeline import ImageBatches
+from aigc_jax.data.pipeline import TextBatches
+from aigc_jax.errors import UserError
 
 
 def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, seed: int,
-           process_index: int, process_count: int, local_devices: int,
-           train: bool) -> ImageBatches:
-  """Batches of `split` of the data set `cfg` (config.data) names; shuffled and augmented if `train`."""
-  return ImageBatches(images.load(cfg, split), global_batch, seed=seed, process_index=process_index,
-                      process_count=process_count, local_devices=local_devices, shuffle=train,
-                      random_flip=train and cfg.random_flip)
+           process_index: int, process_count: int, local_devices: int, train: bool,
+           data_info: dict[str, str] | None = None) -> ImageBatches | TextBatches:
+  """Batches of `split` of the data set `cfg` (config.data) names; shuffled (and augmented) if `train`."""
+  if cfg.kind == 'images':
+    return ImageBatches(images.load(cfg, split), global_batch, seed=seed, process_index=process_index,
+                        process_count=process_count, local_devices=local_devices, shuffle=train,
+                        random_flip=train and cfg.random_flip)
+  if cfg.kind == 'text':
+    return text.create(cfg, split, global_batch, seed=seed, process_index=process_index,
+                       process_count=process_count, local_devices=local_devices, train=train,
+                       data_info=data_info)
+  raise UserError(f"data.kind={cfg.kind!r} is unknown: use 'images' or 'text'")

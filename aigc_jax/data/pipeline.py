@@ -1,8 +1,9 @@
-"""Deterministic, random-access batches: the batch of step s is a pure function of (seed, s).
+"""Deterministic, random-access batches of images or text: the batch of step s is a pure function of (seed, s).
 
 That makes resuming exact (a restarted run asks for step s and gets the batch it would have
 had) and multi-process sharding trivial (every process computes the same global batch
-indices and keeps its own slice). Epochs are fresh permutations of the data set.
+indices and keeps its own slice). Image epochs are fresh permutations of the data set; text
+windows start at random offsets.
 """
 
 import functools
@@ -28,6 +29,11 @@ class ImageBatches:
     self.local_devices = local_devices
     self.lo = process_index * per_process
     self.hi = self.lo + per_process
+
+  @property
+  def info(self) -> dict[str, str]:
+    """What a method must know of the data beyond the config: nothing, for images."""
+    return {}
 
   def __len__(self) -> int:
     """Full global batches in one pass over the data (the last partial one is dropped)."""
@@ -57,3 +63,45 @@ class ImageBatches:
       flip = flip[self.lo:self.hi]
       x[flip] = x[flip, :, ::-1]
     return {'image': x.reshape((self.local_devices, -1) + x.shape[1:])}
+
+
+class TextBatches:
+  """Windows of `block_size + 1` consecutive tokens, this process's share shaped [devices, per_device, T+1].
+
+  Training draws window starts uniformly at random (as nanoGPT does); evaluation walks the
+  split in consecutive windows whose targets do not overlap, so every token is scored once.
+  `info` is what a method must know of the data (the tokenizer), saved with checkpoints.
+  """
+
+  def __init__(self, tokens: np.ndarray, global_batch: int, block_size: int, *, seed: int,
+               process_index: int, process_count: int, local_devices: int, shuffle: bool,
+               info: dict[str, str]):
+    per_process = global_batch // process_count
+    self.tokens = tokens
+    self.global_batch = global_batch
+    self.block_size = block_size
+    self.seed = seed
+    self.shuffle = shuffle
+    self.info = info
+    self.local_devices = local_devices
+    self.lo = process_index * per_process
+    self.hi = self.lo + per_process
+    self.num_windows = (len(tokens) - 1) // block_size
+
+  def __len__(self) -> int:
+    """Full global batches of non-overlapping windows in the split."""
+    return self.num_windows // self.global_batch
+
+  def window_starts(self, step: int) -> np.ndarray:
+    """Token offsets of the windows of the whole global batch of `step`, over all processes."""
+    if self.shuffle:
+      high = len(self.tokens) - self.block_size  # a window of T+1 tokens must fit
+      return np.random.default_rng([self.seed, 2, step]).integers(0, high, self.global_batch)
+    pos = np.arange(step * self.global_batch, (step + 1) * self.global_batch)
+    return (pos % self.num_windows) * self.block_size
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's part of the global batch of `step`: {'tokens': int32 [L, B/L, T+1]}."""
+    starts = self.window_starts(step)[self.lo:self.hi]
+    x = self.tokens[starts[:, None] + np.arange(self.block_size + 1)]
+    return {'tokens': x.astype(np.int32).reshape((self.local_devices, -1, self.block_size + 1))}

@@ -2,6 +2,9 @@
 
 A method is written for one device; it reduces across devices only through
 `jax.lax.pmean(x, axis_name)`. `aigc_jax.train.parallel` maps it over all devices.
+A method class is built as `cls(config, axis_name, data_info)`, where `data_info` is the
+data pipeline's `info` (the LM's tokenizer; nothing for images), and offers a static
+`check_config(config)` that the loop calls before any data load or compile.
 """
 
 from typing import Any, Protocol
@@ -11,19 +14,20 @@ import ml_collections
 
 from aigc_jax.errors import UserError
 from aigc_jax.methods import ddpm
+from aigc_jax.methods import lm
 from aigc_jax.train.state import TrainState
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 
-_REGISTRY = {'ddpm': ddpm.DDPM}
+_REGISTRY = {'ddpm': ddpm.DDPM, 'lm': lm.LM}
 
 
 class Method(Protocol):
   """What the training loop needs of a method, and nothing more."""
 
   def init(self, rng: jax.Array) -> TrainState:
-    """A fresh train state; shapes come from the config, so no data are needed."""
+    """A fresh train state; shapes come from the config and data_info, so no data are needed."""
 
   def train_step(self, state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     """One optimizer step on one device's share of the global batch."""
@@ -31,12 +35,31 @@ class Method(Protocol):
   def eval_step(self, state: TrainState, batch: Batch, rng: jax.Array) -> Metrics:
     """Held-out metrics of one device's batch, averaged over devices."""
 
+  def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
+    """Host side: the final eval metrics from the eval_step metrics averaged over batches."""
+
   def sample(self, state: TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
-    """`num` samples on one device: {'images': uint8 [num, H, W, C]} for image methods."""
+    """`num` samples on one device, as arrays (it runs under pmap)."""
+
+  def decode_samples(self, samples: dict[str, Any]) -> dict[str, Any]:
+    """Host side: the gathered sample arrays as what `writers.write_samples` writes.
+
+    {'images': uint8 [N, H, W, C]} for image methods, {'text': [N strings]} for text.
+    """
 
 
-def get_method(config: ml_collections.ConfigDict, axis_name: str) -> Method:
-  """The method named by `config.method`, built from the config (validates it)."""
+def _method_class(config: ml_collections.ConfigDict) -> type:
   if config.method not in _REGISTRY:
     raise UserError(f'method={config.method!r} is unknown: choose one of {sorted(_REGISTRY)}')
-  return _REGISTRY[config.method](config, axis_name)
+  return _REGISTRY[config.method]
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The method's own settings in `config`, checked before any data load or compile."""
+  _method_class(config).check_config(config)
+
+
+def get_method(config: ml_collections.ConfigDict, axis_name: str,
+               data_info: dict[str, Any] | None = None) -> Method:
+  """The method named by `config.method`, built from the config (validates it) and the data's info."""
+  return _method_class(config)(config, axis_name, data_info)

@@ -95,11 +95,14 @@ def to_uint8(x: jax.Array) -> jax.Array:
 class DDPM:
   """Denoising diffusion: `config.model` sizes the UNet, `config.diffusion` the schedule."""
 
-  def __init__(self, config: ml_collections.ConfigDict, axis_name: str):
+  def __init__(self, config: ml_collections.ConfigDict, axis_name: str,
+               data_info: dict[str, Any] | None = None):
+    """`data_info` is unused: the config says all an image model needs of the data."""
+    del data_info
+    self.check_config(config)
     self.axis_name = axis_name
     self.image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
     m = config.model
-    _validate_unet(m, config.data.image_size)
     self.model = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                       attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                       num_groups=m.num_groups, out_ch=config.data.channels,
@@ -109,10 +112,15 @@ class DDPM:
     self.tx, self.lr_schedule = optim.create(config.optim, config.training.num_train_steps)
     self.ema_rate = config.training.ema_rate
     self.sample_cfg = config.sample
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> None:
+    """The UNet's shape constraints and the sampler settings, checked before any data load or compile."""
+    _validate_unet(config.model, config.data.image_size)
     if config.sample.method not in ('ancestral', 'ddim'):
       raise UserError(f"sample.method={config.sample.method!r} is unknown: use 'ancestral' or 'ddim'")
     if config.sample.method == 'ddim':
-      ddim_timesteps(d.num_timesteps, config.sample.steps)
+      ddim_timesteps(config.diffusion.num_timesteps, config.sample.steps)
 
   def init(self, rng: jax.Array) -> state_lib.TrainState:
     x = jnp.zeros((1,) + self.image_shape, jnp.float32)
@@ -156,6 +164,10 @@ class DDPM:
     eps = self.model.apply({'params': state.ema_params}, xt, t, train=False)
     return {'loss': jax.lax.pmean(jnp.mean(jnp.square(eps - noise)), self.axis_name)}
 
+  def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
+    """The batch-averaged loss is the final metric."""
+    return means
+
   def sample(self, state: state_lib.TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
     """`num` images from the EMA parameters with `config.sample.method`, one jitted loop."""
     params = state.ema_params
@@ -190,6 +202,10 @@ class DDPM:
         return jnp.sqrt(abar_prev) * x0 + jnp.sqrt(1.0 - abar_prev - sigma**2) * eps + sigma * z
       x = jax.lax.fori_loop(0, ts.shape[0], body, x)
     return {'images': to_uint8(x)}
+
+  def decode_samples(self, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The uint8 images are written as they are."""
+    return samples
 
 
 def _validate_unet(m: ml_collections.ConfigDict, image_size: int) -> None:

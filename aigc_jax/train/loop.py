@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 
 from aigc_jax import data
 from aigc_jax import methods
@@ -50,15 +49,29 @@ def validate(config: ml_collections.ConfigDict, devs: parallel.Devices) -> None:
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: str,
-           devices: Sequence[jax.Device] | None) -> tuple[parallel.Devices, Any, Any, checkpoint.Checkpoints]:
-  """Devices, the method, a fresh train state and the run's checkpoints, after validation."""
+           devices: Sequence[jax.Device] | None) -> tuple[parallel.Devices, checkpoint.Checkpoints]:
+  """Devices and the run's checkpoints, after validating the loop's and the method's settings."""
   devs = parallel.devices(devices)
   validate(config, devs)
   writers.check_writable(workdir)
-  method = methods.get_method(config, parallel.AXIS)
-  state = jax.jit(method.init)(jax.random.PRNGKey(config.seed))
+  methods.check_config(config)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.training.keep_checkpoints)
-  return devs, method, state, ckpts
+  return devs, ckpts
+
+
+def _init(config: ml_collections.ConfigDict,
+          data_info: dict[str, Any]) -> tuple[methods.Method, state_lib.TrainState]:
+  """The method for this data, and a fresh train state."""
+  method = methods.get_method(config, parallel.AXIS, data_info)
+  return method, jax.jit(method.init)(jax.random.PRNGKey(config.seed))
+
+
+def _checkpointed_data_info(ckpts: checkpoint.Checkpoints, workdir: str) -> dict[str, Any]:
+  """The data info saved with the newest checkpoint, or an error when there is no checkpoint."""
+  data_info = ckpts.data_info()
+  if data_info is None:
+    raise UserError(f'no checkpoint in {workdir}/checkpoints: train first (--mode=train)')
+  return data_info
 
 
 def _restore_latest(ckpts: checkpoint.Checkpoints, state: Any, workdir: str) -> Any:
@@ -66,6 +79,14 @@ def _restore_latest(ckpts: checkpoint.Checkpoints, state: Any, workdir: str) -> 
   if restored is None:
     raise UserError(f'no checkpoint in {workdir}/checkpoints: train first (--mode=train)')
   return restored
+
+
+def _write_samples(workdir: str, step: int, outputs: dict[str, Any], overwrite: bool = True) -> list[str]:
+  """Writes the decoded samples into samples/, and prints any text among them."""
+  paths = writers.write_samples(workdir, step, outputs, overwrite)
+  if 'text' in outputs:
+    _say(writers.text_document(outputs['text']).rstrip('\n'))
+  return paths
 
 
 def _check_finite(metrics: dict[str, float], step: int, last_ckpt: int | None) -> None:
@@ -79,11 +100,12 @@ def _check_finite(metrics: dict[str, float], step: int, last_ckpt: int | None) -
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final state."""
-  devs, method, state, ckpts = _setup(config, workdir, devices)
+  devs, ckpts = _setup(config, workdir, devices)
   t = config.training
   ds = data.create(config.data, config.data.train_split, t.batch_size, seed=config.seed,
                    process_index=devs.process_index, process_count=devs.process_count,
-                   local_devices=len(devs.local), train=True)
+                   local_devices=len(devs.local), train=True, data_info=ckpts.data_info() or None)
+  method, state = _init(config, ds.info)
   restored = ckpts.restore(state)
   if restored is not None:
     state = restored
@@ -126,13 +148,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
              f'ETA {_format_duration((t.num_train_steps - step) / rate)}')
         last_step, last_time = step, now
       if do_ckpt:
-        ckpts.save(step, state)
+        ckpts.save(step, state, ds.info)
         last_ckpt = step
       if p_sample and step % t.sample_every == 0:
         sample_start = time.time()
         samples = p_sample(state, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step))
         if devs.process_index == 0:
-          _say(f'samples: {", ".join(writers.write_samples(workdir, step, samples))}')
+          _say(f'samples: {", ".join(_write_samples(workdir, step, method.decode_samples(samples)))}')
         last_time += time.time() - sample_start  # steps/s and ETA count training time only
   finally:
     ckpts.close()  # a failing or interrupted run still completes the checkpoint it was writing
@@ -144,31 +166,38 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str,
-           devices: Sequence[jax.Device] | None = None) -> dict[str, np.ndarray]:
-  """Draws `config.sample.num` samples from the newest checkpoint's EMA params into samples/."""
-  devs, method, state, ckpts = _setup(config, workdir, devices)
+           devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+  """Draws `config.sample.num` samples from the newest checkpoint's EMA params into samples/.
+
+  Needs no data: what the model must know of it comes with the checkpoint. Returns the
+  decoded samples (`Method.decode_samples`).
+  """
+  devs, ckpts = _setup(config, workdir, devices)
+  method, state = _init(config, _checkpointed_data_info(ckpts, workdir))
   state = _restore_latest(ckpts, state, workdir)
   step = int(state.step)
   start = time.time()
-  samples = parallel.sampler(method.sample, devs, config.sample.num)(
-      state, jax.random.PRNGKey(config.seed + 2))
+  outputs = method.decode_samples(parallel.sampler(method.sample, devs, config.sample.num)(
+      state, jax.random.PRNGKey(config.seed + 2)))
   if devs.process_index == 0:
-    paths = writers.write_samples(workdir, step, samples)
-    _say(f'{len(next(iter(samples.values())))} samples from step {step} '
-         f'({config.sample.method}) in {_format_duration(time.time() - start)}: {", ".join(paths)}')
+    paths = _write_samples(workdir, step, outputs, overwrite=False)  # keep the training-time samples
+    _say(f'{len(next(iter(outputs.values())))} samples from step {step} '
+         f'in {_format_duration(time.time() - start)}: {", ".join(paths)}')
   ckpts.close()
-  return samples
+  return outputs
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
   """The method's held-out metrics of the newest checkpoint, written to eval_<step>.json."""
-  devs, method, state, ckpts = _setup(config, workdir, devices)
+  devs, ckpts = _setup(config, workdir, devices)
   e = config.eval
   parallel.check_batch(e.batch_size, devs, key='eval.batch_size')
   ds = data.create(config.data, config.data.eval_split, e.batch_size, seed=config.seed,
                    process_index=devs.process_index, process_count=devs.process_count,
-                   local_devices=len(devs.local), train=False)
+                   local_devices=len(devs.local), train=False,
+                   data_info=_checkpointed_data_info(ckpts, workdir) or None)
+  method, state = _init(config, ds.info)
   state = _restore_latest(ckpts, state, workdir)
   step = int(state.step)
   num_batches = min(len(ds), e.num_batches) if e.num_batches > 0 else len(ds)
@@ -181,7 +210,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     for k, v in p_eval(state, ds.batch(i), jax.random.fold_in(rng, i)).items():
       totals[k] = totals.get(k, 0.0) + float(v) / num_batches
   result = {'step': step, 'num_examples': num_batches * e.batch_size,
-            **{f'eval/{k}': v for k, v in totals.items()}}
+            **{f'eval/{k}': v for k, v in method.eval_summary(totals).items()}}
   if devs.process_index == 0:
     writers.write_json(os.path.join(workdir, f'eval_{step}.json'), result)
     _say(f'eval at step {step}: {result}')

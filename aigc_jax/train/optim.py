@@ -1,5 +1,8 @@
 """Optimizers from config: Adam(W) after a linear warmup, with global-norm clipping."""
 
+from typing import Any
+
+import jax
 import ml_collections
 import optax
 
@@ -19,6 +22,11 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int)
   return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
+def _decayed(params: Any) -> Any:
+  """Weight decay applies to matrices and embeddings only, not to biases and norm scales (as in GPT-2)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
 def create(cfg: ml_collections.ConfigDict,
            num_train_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer described by `cfg` (config.optim) and its learning-rate schedule."""
@@ -26,7 +34,8 @@ def create(cfg: ml_collections.ConfigDict,
   if cfg.optimizer == 'adam':
     opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   elif cfg.optimizer == 'adamw':
-    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                      mask=_decayed)
   else:
     raise UserError(f"optim.optimizer={cfg.optimizer!r} is unknown: use 'adam' or 'adamw'")
   if cfg.grad_clip > 0:

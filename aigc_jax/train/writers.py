@@ -3,6 +3,8 @@
 The file contracts (../shared/DESIGN.md) are kept here in one place:
   metrics.jsonl          one JSON object per logged step: {"step": int, "<name>": float, ...}
   samples/step_<N>.npz   key 'images': uint8 [N, H, W, C]; step_<N>.png, a grid of the same
+                         (--mode=sample never overwrites: later draws are step_<N>_<k>.*)
+  samples/step_<N>.txt   generated text: the samples one after another, each ended by a line of dashes
   eval_<N>.json          the metrics of --mode=eval at checkpoint step N
   config.json            the resolved config of the run
 """
@@ -10,13 +12,15 @@ The file contracts (../shared/DESIGN.md) are kept here in one place:
 import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from aigc_jax import tf_cpu
 from aigc_jax.errors import UserError
+
+TEXT_SEPARATOR = '-' * 40
 
 
 def check_writable(workdir: str) -> None:
@@ -93,14 +97,36 @@ def image_grid(images_NHWC: np.ndarray, min_cell: int = 64) -> np.ndarray:
   return grid
 
 
-def write_samples(workdir: str, step: int, samples: Mapping[str, np.ndarray]) -> list[str]:
-  """Writes samples/step_<N>.npz and .png for {'images': uint8 [N, H, W, C]}; returns the paths."""
+def text_document(texts: Sequence[str]) -> str:
+  """Text samples as one document: each sample followed by a separator line."""
+  return ''.join(f'{t}\n{TEXT_SEPARATOR}\n' for t in texts)
+
+
+def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite: bool = True) -> list[str]:
+  """Writes a method's decoded samples into samples/; returns the paths.
+
+  {'images': uint8 [N, H, W, C]} becomes step_<N>.npz and .png; {'text': [N strings]}
+  becomes step_<N>.txt. With `overwrite=False` (--mode=sample) existing samples of the
+  same step are kept and the new ones are named step_<N>_<k> with the first free k.
+  """
   folder = os.path.join(workdir, 'samples')
   os.makedirs(folder, exist_ok=True)
-  base = os.path.join(folder, f'step_{step}')
-  images = np.asarray(samples['images'])
-  np.savez(base + '.tmp.npz', images=images)
-  os.replace(base + '.tmp.npz', base + '.npz')
-  grid = image_grid(images)
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(base + '.png')
-  return [base + '.npz', base + '.png']
+  name, k = f'step_{step}', 0
+  while not overwrite and any(os.path.exists(os.path.join(folder, name + ext)) for ext in ('.npz', '.png', '.txt')):
+    k += 1
+    name = f'step_{step}_{k}'
+  base = os.path.join(folder, name)
+  paths = []
+  if 'images' in samples:
+    images = np.asarray(samples['images'])
+    np.savez(base + '.tmp.npz', images=images)
+    os.replace(base + '.tmp.npz', base + '.npz')
+    grid = image_grid(images)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(base + '.png')
+    paths += [base + '.npz', base + '.png']
+  if 'text' in samples:
+    with open(base + '.txt.tmp', 'w', encoding='utf-8') as f:
+      f.write(text_document(samples['text']))
+    os.replace(base + '.txt.tmp', base + '.txt')
+    paths.append(base + '.txt')
+  return paths

@@ -1,0 +1,171 @@
+"""A decoder-only Transformer language model: next-token cross-entropy, and sampling with a KV cache.
+
+Metrics are the mean next-token loss (nats), its perplexity exp(loss), and bits per
+character or byte (loss / ln 2, one token being one character or byte). Sampling continues
+`sample.prompt` for `sample.length` tokens in one jitted program: the prompt fills the
+cache in one call, a `lax.scan` then adds one token per step attending to the cache, and
+past `data.block_size` positions a second scan re-reads the last block_size tokens at
+every step (the position embedding ends there, so cached keys cannot be reused).
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from aigc_jax.data import tokenizers
+from aigc_jax.errors import UserError
+from aigc_jax.models.transformer import Transformer
+from aigc_jax.models.transformer import empty_cache
+from aigc_jax.train import optim
+from aigc_jax.train import state as state_lib
+
+
+def next_token(logits_BV: jax.Array, rng: jax.Array, temperature: float, top_k: int,
+               top_p: float) -> jax.Array:
+  """int32 [B] tokens drawn from softmax(logits / temperature), restricted to the top k and top p.
+
+  temperature 0 takes the most likely token; top_k 0 and top_p 1 leave those filters off.
+  """
+  if temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV / temperature
+  if top_k:
+    kth_B1 = jax.lax.top_k(logits_BV, min(top_k, logits_BV.shape[-1]))[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  if top_p < 1.0:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    # Keep the most likely tokens until their mass reaches top_p (at least one).
+    kept_B = jnp.sum(jnp.cumsum(probs_BV, axis=-1) - probs_BV < top_p, axis=-1)
+    cutoff_B1 = jnp.take_along_axis(sorted_BV, kept_B[:, None] - 1, axis=-1)
+    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+  return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+
+
+def generate(model: Transformer, params: Any, prompt_BP: jax.Array, rng: jax.Array, length: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """The prompts followed by `length` sampled tokens: int32 [B, P + length]; P <= block_size.
+
+  The token at position q is drawn with the key fold_in(rng, q).
+  """
+  B, P = prompt_BP.shape
+  L, S = P + length, model.block_size
+  tok_BL = jnp.zeros((B, L), jnp.int32).at[:, :P].set(prompt_BP)
+
+  def draw(logits_BV, q):
+    return next_token(logits_BV, jax.random.fold_in(rng, q), temperature, top_k, top_p)
+
+  logits_BPV, cache = model.apply({'params': params}, prompt_BP, empty_cache(model, B), 0,
+                                  method=Transformer.decode)
+  tok_BL = tok_BL.at[:, P].set(draw(logits_BPV[:, -1], P))
+
+  def cached_step(carry, p):
+    """Feeds the token at position p (< S) and draws the one at p + 1."""
+    tok_BL, cache = carry
+    logits_B1V, cache = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(tok_BL, p, 1, axis=1),
+                                    cache, p, method=Transformer.decode)
+    tok_BL = jax.lax.dynamic_update_slice_in_dim(tok_BL, draw(logits_B1V[:, 0], p + 1)[:, None], p + 1, axis=1)
+    return (tok_BL, cache), None
+
+  (tok_BL, _), _ = jax.lax.scan(cached_step, (tok_BL, cache), jnp.arange(P, min(L - 1, S)))
+
+  def window_step(tok_BL, q):
+    """Draws the token at position q (> S) from the S tokens before it."""
+    logits_BSV = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(tok_BL, q - S, S, axis=1))
+    return jax.lax.dynamic_update_slice_in_dim(tok_BL, draw(logits_BSV[:, -1], q)[:, None], q, axis=1), None
+
+  if L > S + 1:
+    tok_BL, _ = jax.lax.scan(window_step, tok_BL, jnp.arange(S + 1, L))
+  return tok_BL
+
+
+class LM:
+  """Language modelling: `config.model` sizes the Transformer, `data_info` gives its tokenizer."""
+
+  def __init__(self, config: ml_collections.ConfigDict, axis_name: str, data_info: dict[str, str] | None):
+    self.check_config(config)
+    self.axis_name = axis_name
+    self.tokenizer = tokenizers.from_info(data_info)
+    self.bits_name = f'bits_per_{self.tokenizer.unit}'
+    m = config.model
+    self.model = Transformer(vocab_size=self.tokenizer.vocab_size, block_size=config.data.block_size,
+                             num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
+                             dropout=m.dropout, use_bias=m.use_bias, dtype=jnp.dtype(m.dtype))
+    self.tx, self.lr_schedule = optim.create(config.optim, config.training.num_train_steps)
+    self.ema_rate = config.training.ema_rate
+    s = config.sample
+    self.prompt_P = self.tokenizer.encode(s.prompt, what=f'sample.prompt={s.prompt!r}')
+    if len(self.prompt_P) > config.data.block_size:
+      raise UserError(f'sample.prompt is {len(self.prompt_P)} tokens, longer than data.block_size='
+                      f'{config.data.block_size}: shorten it')
+    self.sample_cfg = s
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> None:
+    """The model and sampling settings, checked before any data load or compile."""
+    m, s = config.model, config.sample
+    if m.width % m.num_heads:
+      raise UserError(f'model.num_heads={m.num_heads} must divide model.width={m.width}: change one of them')
+    if not 0.0 <= m.dropout < 1.0:
+      raise UserError(f'model.dropout={m.dropout} must be in [0, 1)')
+    if config.data.block_size < 1:
+      raise UserError(f'data.block_size={config.data.block_size} must be positive')
+    if not s.prompt:
+      raise UserError("sample.prompt is empty: give at least one character to start from, e.g. '\\n'")
+    if s.length < 1:
+      raise UserError(f'sample.length={s.length} must be positive')
+    if s.temperature < 0:
+      raise UserError(f'sample.temperature={s.temperature} must be >= 0 (0: always the most likely token)')
+    if s.top_k < 0:
+      raise UserError(f'sample.top_k={s.top_k} must be >= 0 (0: no top-k filter)')
+    if not 0.0 < s.top_p <= 1.0:
+      raise UserError(f'sample.top_p={s.top_p} must be in (0, 1] (1: no nucleus filter)')
+
+  def init(self, rng: jax.Array) -> state_lib.TrainState:
+    tok_BT = jnp.zeros((1, self.model.block_size), jnp.int32)
+    params = self.model.init({'params': rng}, tok_BT)['params']
+    return state_lib.create(params, self.tx, jax.random.fold_in(rng, 1))
+
+  def _loss(self, params: Any, tokens_BT1: jax.Array, train: bool, rng: jax.Array | None = None) -> jax.Array:
+    """Mean cross-entropy of each window's tokens 1..T given the ones before them."""
+    rngs = {'dropout': rng} if train else {}
+    logits_BTV = self.model.apply({'params': params}, tokens_BT1[:, :-1], train=train, rngs=rngs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT1[:, 1:]).mean()
+
+  def train_step(self, state: state_lib.TrainState, batch: dict[str, Any],
+                 rng: jax.Array) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(self.axis_name))
+    loss, grads = jax.value_and_grad(self._loss)(state.params, batch['tokens'], True, rng)
+    grads = jax.lax.pmean(grads, self.axis_name)
+    new_state = state_lib.apply_gradients(state, grads, self.tx, self.ema_rate)
+    loss = jax.lax.pmean(loss, self.axis_name)
+    metrics = {'loss': loss, 'perplexity': jnp.exp(loss), self.bits_name: loss / math.log(2.0),
+               'grad_norm': optax.global_norm(grads), 'lr': self.lr_schedule(state.step)}
+    return new_state, metrics
+
+  def eval_step(self, state: state_lib.TrainState, batch: dict[str, Any],
+                rng: jax.Array) -> dict[str, jax.Array]:
+    """Loss and bits per token of the EMA parameters (no dropout); `eval_summary` adds perplexity."""
+    del rng  # evaluation is deterministic
+    loss = jax.lax.pmean(self._loss(state.ema_params, batch['tokens'], False), self.axis_name)
+    return {'loss': loss, self.bits_name: loss / math.log(2.0)}
+
+  def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
+    """The perplexity of the mean loss (not the mean of per-batch perplexities)."""
+    return {**means, 'perplexity': math.exp(means['loss'])}
+
+  def sample(self, state: state_lib.TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
+    """`num` continuations of `sample.prompt` from the EMA parameters: {'tokens': int32 [num, P + length]}."""
+    s = self.sample_cfg
+    prompt_BP = jnp.tile(jnp.asarray(self.prompt_P)[None], (num, 1))
+    return {'tokens': generate(self.model, state.ema_params, prompt_BP, rng, s.length,
+                               s.temperature, s.top_k, s.top_p)}
+
+  def decode_samples(self, samples: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """The sampled token ids as text: {'text': [num strings]}."""
+    return {'text': [self.tokenizer.decode(row) for row in samples['tokens']]}

@@ -1,0 +1,161 @@
+"""A decoder-only Transformer language model (GPT-2 style), with a key/value cache for decoding.
+
+Token and learned position embeddings, pre-LayerNorm blocks of causal multi-head
+self-attention and a GELU MLP, a final LayerNorm, and logits from the token embedding
+(tied weights). GPT-2 initialisation: N(0, 0.02) weights and zero biases, with the two
+residual projections of every block drawn from N(0, 0.02 / sqrt(2 * num_layers)) so the
+residual stream does not grow with depth. Dropout after the embeddings, on the attention
+weights and on each residual branch, as in nanoGPT.
+
+Shapes: B batch, T query positions, S cached positions (= block_size), D width, N heads,
+H head width (D / N), V vocabulary.
+"""
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Per layer, the keys and values of every position so far: ([B, S, N, H], [B, S, N, H]).
+Cache = tuple[tuple[jax.Array, jax.Array], ...]
+
+_init = nn.initializers.normal(0.02)
+
+
+def causal_attention(q_BTNH: jax.Array, k_BTNH: jax.Array, v_BTNH: jax.Array,
+                     dropout: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """softmax(QK^T / sqrt(H)) V over earlier positions, with `dropout` on the attention weights.
+
+  `jax.nn.dot_product_attention` has no dropout on the weights; this spelled-out form is
+  used only when training with dropout.
+  """
+  T, H = q_BTNH.shape[1], q_BTNH.shape[3]
+  logits_BNTS = jnp.einsum('btnh,bsnh->bnts', q_BTNH, k_BTNH).astype(jnp.float32) / math.sqrt(H)
+  causal_TS = jnp.tril(jnp.ones((T, T), bool))
+  w_BNTS = jax.nn.softmax(jnp.where(causal_TS, logits_BNTS, -jnp.inf), axis=-1)
+  return jnp.einsum('bnts,bsnh->btnh', dropout(w_BNTS).astype(v_BTNH.dtype), v_BTNH)
+
+
+class SelfAttention(nn.Module):
+  """Causal multi-head self-attention: heads concatenated, then projected back to D."""
+  num_heads: int
+  dropout: float
+  residual_init: Callable
+  use_bias: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
+               pos: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """With `cache`, x holds positions pos..pos+T-1, which attend to the cache and themselves."""
+    B, T, D = x_BTD.shape
+    N = self.num_heads
+    qkv_BT3NH = nn.Dense(3 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='qkv')(
+        x_BTD).reshape(B, T, 3, N, D // N)
+    q_BTNH, k_BTNH, v_BTNH = qkv_BT3NH[:, :, 0], qkv_BT3NH[:, :, 1], qkv_BT3NH[:, :, 2]
+    if cache is not None:
+      k_BSNH = jax.lax.dynamic_update_slice(cache[0], k_BTNH.astype(cache[0].dtype), (0, pos, 0, 0))
+      v_BSNH = jax.lax.dynamic_update_slice(cache[1], v_BTNH.astype(cache[1].dtype), (0, pos, 0, 0))
+      S = k_BSNH.shape[1]
+      visible_TS = jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None]
+      y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSNH, v_BSNH, mask=visible_TS[None, None])
+      cache = (k_BSNH, v_BSNH)
+    elif train and self.dropout > 0:
+      y_BTNH = causal_attention(q_BTNH, k_BTNH, v_BTNH,
+                                lambda w: nn.Dropout(self.dropout)(w, deterministic=False))
+    else:
+      y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTNH, v_BTNH, is_causal=True)
+    y_BTD = nn.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype, name='out')(
+        y_BTNH.reshape(B, T, D))
+    return nn.Dropout(self.dropout)(y_BTD, deterministic=not train), cache
+
+
+class Block(nn.Module):
+  """x + attention(LN(x)), then x + MLP(LN(x)); the MLP is D -> 4D -> GELU -> D."""
+  num_heads: int
+  dropout: float
+  residual_init: Callable
+  use_bias: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
+               pos: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    D = x_BTD.shape[-1]
+    h_BTD = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='attn_norm')(x_BTD)
+    h_BTD, cache = SelfAttention(self.num_heads, self.dropout, self.residual_init, self.use_bias,
+                                 self.dtype, name='attn')(h_BTD, train, cache, pos)
+    x_BTD = x_BTD + h_BTD
+    h_BTD = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='mlp_norm')(x_BTD)
+    h_BTF = nn.gelu(nn.Dense(4 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype,
+                             name='mlp_in')(h_BTD))
+    h_BTD = nn.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
+                     name='mlp_out')(h_BTF)
+    return x_BTD + nn.Dropout(self.dropout)(h_BTD, deterministic=not train), cache
+
+
+class Transformer(nn.Module):
+  """Next-token logits of a decoder-only Transformer.
+
+  Attributes:
+    vocab_size: number of token ids V.
+    block_size: the longest context S (rows of the position embedding).
+    num_layers: Transformer blocks.
+    num_heads: attention heads per block; must divide `width`.
+    width: model width D.
+    dropout: dropout rate (train only).
+    use_bias: biases in the Dense and LayerNorm layers (nanoGPT's `bias`).
+    dtype: computation dtype; parameters and logits are float32.
+  """
+  vocab_size: int
+  block_size: int
+  num_layers: int
+  num_heads: int
+  width: int
+  dropout: float = 0.0
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.num_layers))
+    self.token_embed = nn.Embed(self.vocab_size, self.width, embedding_init=_init, dtype=self.dtype)
+    self.pos_embed = nn.Embed(self.block_size, self.width, embedding_init=_init, dtype=self.dtype)
+    self.embed_dropout = nn.Dropout(self.dropout)
+    self.blocks = [Block(self.num_heads, self.dropout, residual_init, self.use_bias, self.dtype)
+                   for _ in range(self.num_layers)]
+    self.final_norm = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype)
+
+  def _embed(self, tok_BT: jax.Array, pos: jax.Array | int, train: bool) -> jax.Array:
+    pos_T = pos + jnp.arange(tok_BT.shape[1])
+    x_BTD = self.token_embed(tok_BT) + self.pos_embed(pos_T)[None]
+    return self.embed_dropout(x_BTD, deterministic=not train)
+
+  def _logits(self, x_BTD: jax.Array) -> jax.Array:
+    return self.token_embed.attend(self.final_norm(x_BTD)).astype(jnp.float32)
+
+  def __call__(self, tok_BT: jax.Array, train: bool = False) -> jax.Array:
+    """float32 logits [B, T, V] of the token after each of the T <= block_size positions."""
+    x_BTD = self._embed(tok_BT, 0, train)
+    for block in self.blocks:
+      x_BTD, _ = block(x_BTD, train)
+    return self._logits(x_BTD)
+
+  def decode(self, tok_BT: jax.Array, cache: Cache, pos: jax.Array | int) -> tuple[jax.Array, Cache]:
+    """Logits [B, T, V] of tokens at positions pos..pos+T-1 given the cache of positions < pos.
+
+    Returns the cache with these positions' keys and values added; pos + T <= block_size.
+    """
+    x_BTD = self._embed(tok_BT, pos, False)
+    new_cache = []
+    for block, kv in zip(self.blocks, cache):
+      x_BTD, kv = block(x_BTD, False, kv, pos)
+      new_cache.append(kv)
+    return self._logits(x_BTD), tuple(new_cache)
+
+
+def empty_cache(model: Transformer, batch: int) -> Cache:
+  """An all-zero cache for `batch` sequences of up to `model.block_size` positions."""
+  shape = (batch, model.block_size, model.num_heads, model.width // model.num_heads)
+  return tuple((jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype)) for _ in range(model.num_layers))

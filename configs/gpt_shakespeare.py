@@ -1,0 +1,66 @@
+"""nanoGPT's shakespeare_char: a 10.7M-parameter character-level GPT on Tiny Shakespeare, 5000 steps.
+
+6 layers, 6 heads, width 384, context 256, batch 64, dropout 0.2; AdamW (beta2 0.99, weight
+decay 0.1), lr 1e-3 after 100 warmup steps, cosine to 1e-4, clipping 1.0. nanoGPT reaches a
+validation loss of about 1.47 with it.
+
+Offline: --config.data.text_file=<a copy of tinyshakespeare.txt> (its last 10% is the
+'validation' split, as in nanoGPT), or TFDS prepared from --config.data.manual_dir=<a folder
+holding it as input.txt>.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.method = 'lm'
+
+  config.data = data = ml_collections.ConfigDict()
+  data.kind = 'text'
+  data.name = 'tiny_shakespeare'  # a TFDS data set with a 'text' feature
+  data.text_file = ''             # if set: this UTF-8 file is used instead of TFDS
+  data.val_fraction = 0.1         # data.text_file: the last fraction is the 'validation' split
+  data.manual_dir = ''            # TFDS: a folder holding the file it would download (input.txt)
+  data.tfds_data_dir = ''         # TFDS data_dir ('' = TFDS's default, ~/tensorflow_datasets)
+  data.train_split = 'train'
+  data.eval_split = 'validation'
+  data.tokenizer = 'char'         # 'char' (vocabulary of the training text) or 'byte' (256 values)
+  data.block_size = 256           # context length: tokens per training window (plus one target)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.num_layers = 6
+  model.num_heads = 6
+  model.width = 384
+  model.dropout = 0.2
+  model.use_bias = False
+  model.dtype = 'float32'
+
+  config.optim.optimizer = 'adamw'
+  config.optim.lr = 1e-3
+  config.optim.schedule = 'cosine'
+  config.optim.min_lr = 1e-4
+  config.optim.warmup_steps = 100
+  config.optim.b2 = 0.99
+  config.optim.weight_decay = 0.1
+  config.optim.grad_clip = 1.0
+
+  config.training.batch_size = 64
+  config.training.num_train_steps = 5000
+  config.training.log_every = 50
+  config.training.checkpoint_every = 250
+  config.training.sample_every = 5000
+  config.training.ema_rate = 0.0  # no averaging: ema_params are the trained params, as in nanoGPT
+
+  config.sample.num = 4
+  config.sample.prompt = '\n'
+  config.sample.length = 500      # new tokens; past data.block_size each step re-reads the last block
+  config.sample.temperature = 0.8  # 0: always the most likely token
+  config.sample.top_k = 200       # 0: off
+  config.sample.top_p = 1.0       # 1: off
+
+  config.eval.batch_size = 64
+  config.eval.num_batches = 0
+  return config

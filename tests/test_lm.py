@@ -1,0 +1,407 @@
+"""The Transformer LM: tokenizers, causality, the KV cache, sampling, steps, and the loop and CLI end to end."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aigc_jax import data
+from aigc_jax.data import text
+from aigc_jax.data import tokenizers
+from aigc_jax.errors import UserError
+from aigc_jax.methods import lm
+from aigc_jax.models.transformer import Transformer
+from aigc_jax.models.transformer import causal_attention
+from aigc_jax.models.transformer import empty_cache
+from aigc_jax.train import loop
+from aigc_jax.train import optim
+from aigc_jax.train import parallel
+from configs import gpt_shakespeare_cpu
+from tests.conftest import JAX_CACHE
+from tests.conftest import ROOT
+from tests.conftest import needs_shared_data
+
+# Shakespeare's Sonnet 18, four times over: a real text that needs nothing from ../shared.
+SONNET = """Shall I compare thee to a summer's day?
+Thou art more lovely and more temperate:
+Rough winds do shake the darling buds of May,
+And summer's lease hath all too short a date;
+Sometime too hot the eye of heaven shines,
+And often is his gold complexion dimm'd;
+And every fair from fair sometime declines,
+By chance or nature's changing course untrimm'd;
+But thy eternal summer shall not fade,
+Nor lose possession of that fair thou ow'st;
+Nor shall death brag thou wander'st in his shade,
+When in eternal lines to time thou grow'st:
+So long as men can breathe or eyes can see,
+So long lives this, and this gives life to thee.
+""" * 4
+
+BLOCK = 16
+
+
+def tiny_lm_config(text_file: str):
+  """gpt_shakespeare_cpu shrunk to compile and run in seconds: 2 layers of width 32, context 16."""
+  config = gpt_shakespeare_cpu.get_config()
+  config.data.text_file = text_file
+  config.data.block_size = BLOCK
+  config.model.num_layers = 2
+  config.model.num_heads = 2
+  config.model.width = 32
+  config.optim.warmup_steps = 2
+  config.training.batch_size = 8
+  config.training.num_train_steps = 4
+  config.training.log_every = 2
+  config.training.checkpoint_every = 2
+  config.training.sample_every = 4
+  config.sample.num = 3
+  config.sample.length = BLOCK + 8  # past the context: exercises the sliding window
+  config.eval.batch_size = 8
+  config.eval.num_batches = 1
+  return config
+
+
+@pytest.fixture(scope='module')
+def sonnet_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp('text') / 'sonnet.txt'
+  path.write_text(SONNET, encoding='utf-8')
+  return str(path)
+
+
+@pytest.fixture
+def config(sonnet_file):
+  return tiny_lm_config(sonnet_file)
+
+
+def _info(source: str = SONNET) -> dict[str, str]:
+  return tokenizers.CharTokenizer(source).info
+
+
+@pytest.fixture(scope='module')
+def model_and_params():
+  """A tiny Transformer with random weights, its jitted full forward and cached decode."""
+  model = Transformer(vocab_size=11, block_size=BLOCK, num_layers=2, num_heads=2, width=32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, BLOCK), jnp.int32))['params']
+  forward = jax.jit(lambda p, tok: model.apply({'params': p}, tok))
+  decode = jax.jit(lambda p, tok, cache, pos: model.apply({'params': p}, tok, cache, pos, method=Transformer.decode))
+  return model, params, forward, decode
+
+
+def test_tokenizers_round_trip():
+  sample = 'Fair — thou ow\'st, café!\n'
+  char = tokenizers.CharTokenizer(sample)
+  assert char.decode(char.encode(sample)) == sample
+  assert char.vocab_size == len(set(sample)) and char.encode(sample).dtype == np.int32
+  rebuilt = tokenizers.from_info(json.loads(json.dumps(char.info)))
+  np.testing.assert_array_equal(rebuilt.encode(sample), char.encode(sample))
+  with pytest.raises(UserError, match=r"the prompt has characters outside the vocabulary .*'z'"):
+    char.encode('fizz', what='the prompt')
+  byte = tokenizers.from_info(tokenizers.build('byte', '').info)
+  assert byte.vocab_size == 256 and len(byte.encode(sample)) == len(sample.encode('utf-8'))
+  assert byte.decode(byte.encode(sample)) == sample
+  with pytest.raises(UserError, match="data.tokenizer='word' is unknown"):
+    tokenizers.build('word', sample)
+
+
+def test_text_windows_are_deterministic_sharded_and_cover_the_eval_split():
+  tokens = np.arange(100, dtype=np.int32)
+  kw = dict(seed=1, local_devices=2, shuffle=True, info={})
+  whole = data.pipeline.TextBatches(tokens, 8, 10, process_index=0, process_count=1, **kw).batch(3)['tokens']
+  parts = [data.pipeline.TextBatches(tokens, 8, 10, process_index=p, process_count=2, **kw).batch(3)['tokens']
+           for p in range(2)]
+  assert whole.shape == (2, 4, 11) and whole.dtype == np.int32
+  np.testing.assert_array_equal(np.concatenate([p.reshape(-1, 11) for p in parts]), whole.reshape(-1, 11))
+  assert np.all(np.diff(whole, axis=-1) == 1)  # windows of consecutive tokens
+  ev = data.pipeline.TextBatches(tokens, 3, 10, seed=0, process_index=0, process_count=1, local_devices=1,
+                                 shuffle=False, info={})
+  assert len(ev) == 3  # 9 windows of 10 targets
+  starts = np.concatenate([ev.window_starts(i) for i in range(len(ev))])
+  np.testing.assert_array_equal(starts, np.arange(0, 90, 10))
+
+
+def test_text_file_splits_and_errors(config, tmp_path):
+  train, _ = text.load(config.data, 'train')
+  val, _ = text.load(config.data, 'validation')
+  assert train + val == SONNET and len(val) == len(SONNET) - int(len(SONNET) * 0.9)
+  ds = data.create(config.data, 'validation', 8, seed=0, process_index=0, process_count=1, local_devices=4,
+                   train=False)
+  assert ds.info == _info(train) and ds.batch(0)['tokens'].shape == (4, 2, BLOCK + 1)
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('')
+  config.data.text_file = str(empty)
+  with pytest.raises(UserError, match=r"data.text_file=.*empty.txt' split 'train' is empty"):
+    text.load(config.data, 'train')
+  short = tmp_path / 'short.txt'
+  short.write_text('to be or not to be\n' * 2)
+  config.data.text_file = str(short)
+  with pytest.raises(UserError, match=r"split 'validation' has 4 tokens, fewer than data.block_size \+ 1 = 17"):
+    data.create(config.data, 'validation', 8, seed=0, process_index=0, process_count=1, local_devices=4,
+                train=False)
+  config.data.text_file = str(tmp_path / 'missing.txt')
+  with pytest.raises(UserError, match='cannot read data.text_file='):
+    text.load(config.data, 'train')
+
+
+def test_byte_level_data_and_model(config):
+  config.data.tokenizer = 'byte'
+  ds = data.create(config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=4, train=True)
+  assert ds.info == {'tokenizer': 'byte'} and ds.batch(0)['tokens'].max() < 256
+  method = lm.LM(config, parallel.AXIS, ds.info)
+  shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0))
+  assert shapes.params['token_embed']['embedding'].shape == (256, 32) and method.bits_name == 'bits_per_byte'
+
+
+def test_gpt_shakespeare_has_nanogpts_10_65m_parameters_plus_positions():
+  from configs import gpt_shakespeare
+  vocab_65 = '\n' + ''.join(chr(c) for c in range(32, 96))  # Tiny Shakespeare has 65 characters
+  method = lm.LM(gpt_shakespeare.get_config(), parallel.AXIS, _info(vocab_65))
+  shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0))
+  count = sum(x.size for x in jax.tree.leaves(shapes.params))
+  assert count - 256 * 384 == 10_646_784, count  # nanoGPT reports 10.65M, leaving out the position embedding
+
+
+def test_attention_is_causal(model_and_params):
+  _, params, forward, _ = model_and_params
+  tok = jax.random.randint(jax.random.PRNGKey(1), (2, BLOCK), 0, 11)
+  t = 9
+  changed = tok.at[:, t].set((tok[:, t] + 1) % 11)
+  before, after = forward(params, tok), forward(params, changed)
+  np.testing.assert_array_equal(before[:, :t], after[:, :t])
+  assert not np.allclose(before[:, t:], after[:, t:])
+
+
+def test_dropout_attention_equals_dot_product_attention_without_dropout():
+  q, k, v = jax.random.normal(jax.random.PRNGKey(2), (3, 2, 7, 4, 8))
+  np.testing.assert_allclose(causal_attention(q, k, v, lambda w: w),
+                             jax.nn.dot_product_attention(q, k, v, is_causal=True), atol=1e-5)
+
+
+def test_cached_decoding_matches_recomputing_the_prefix(model_and_params):
+  model, params, forward, decode = model_and_params
+  tok = jax.random.randint(jax.random.PRNGKey(3), (2, BLOCK), 0, 11)
+  full = forward(params, tok)  # by causality, position p sees exactly the prefix tok[:, :p+1]
+  prefix_logits, cache = decode(params, tok[:, :5], empty_cache(model, 2), 0)  # the prompt in one call
+  np.testing.assert_allclose(prefix_logits, full[:, :5], atol=1e-5)
+  for p in range(5, BLOCK):
+    logits, cache = decode(params, tok[:, p:p + 1], cache, p)
+    padded = jnp.zeros_like(tok).at[:, :p + 1].set(tok[:, :p + 1])
+    np.testing.assert_allclose(logits[:, 0], forward(params, padded)[:, p], atol=1e-5)
+
+
+@pytest.mark.parametrize('length', [4, BLOCK + 6])  # within the context; its last 6 tokens by the sliding window
+def test_greedy_generation_equals_greedy_recomputation(model_and_params, length):
+  model, params, forward, _ = model_and_params
+  prompt = np.array([[1, 2, 3], [4, 4, 0]], np.int32)
+  got = jax.jit(lambda p, pr: lm.generate(model, p, pr, jax.random.PRNGKey(0), length, temperature=0.0))(
+      params, prompt)
+  seqs = [list(row) for row in prompt]
+  for _ in range(length):
+    for seq in seqs:
+      ctx = seq[-BLOCK:]
+      padded = np.zeros((1, BLOCK), np.int32)
+      padded[0, :len(ctx)] = ctx
+      seq.append(int(np.argmax(forward(params, padded)[0, len(ctx) - 1])))
+  np.testing.assert_array_equal(got, np.array(seqs))
+
+
+def test_next_token_filters():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 256))
+  keys = jax.random.PRNGKey(0)
+  assert set(np.asarray(lm.next_token(logits, keys, 1.0, 2, 1.0)).tolist()) == {0, 1}
+  assert set(np.asarray(lm.next_token(logits, keys, 1.0, 0, 0.7)).tolist()) == {0, 1}
+  assert set(np.asarray(lm.next_token(logits, keys, 1.0, 0, 0.85)).tolist()) == {0, 1, 2}
+  assert set(np.asarray(lm.next_token(logits, keys, 1.0, 0, 1.0)).tolist()) == {0, 1, 2, 3}
+  np.testing.assert_array_equal(lm.next_token(logits, keys, 0.0, 0, 1.0), 0)
+
+
+def _step_run(config, devices, batches):
+  method = lm.LM(config, parallel.AXIS, _info(text.load(config.data, 'train')[0]))
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step = parallel.train_step(method.train_step, parallel.devices(devices))
+  losses = []
+  for b in batches:
+    state, metrics = step(state, [{'tokens': b.reshape((len(devices), -1) + b.shape[2:])}])
+    losses.append(float(metrics['loss']))
+  return jax.device_get(state), losses, metrics
+
+
+def test_4_device_step_equals_1_device_step(config):
+  assert jax.device_count() == 4
+  ds = data.create(config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=1, train=True)
+  batches = [ds.batch(s)['tokens'] for s in range(3)]
+  state4, losses4, _ = _step_run(config, jax.devices()[:4], batches)
+  state1, losses1, metrics = _step_run(config, jax.devices()[:1], batches)
+  np.testing.assert_allclose(losses4, losses1, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(state4.params), jax.tree.leaves(state1.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  assert {'loss', 'perplexity', 'bits_per_char', 'grad_norm', 'lr'} == set(metrics)
+  np.testing.assert_allclose(metrics['perplexity'], math.exp(losses1[-1]), rtol=1e-5)
+
+
+def _loss_drop(config, steps: int) -> tuple[float, float, float]:
+  """Loss of the current params on fixed windows before and after `steps` jitted steps of a 64-wide model.
+
+  Also returns the entropy of the training text's character frequencies: the best loss
+  of a model that ignores the context.
+  """
+  config.model.width = 64
+  config.optim.lr = 3e-3
+  config.training.batch_size = 16
+  config.training.num_train_steps = steps  # the learning rate decays over these steps
+  ds = data.create(config.data, 'train', config.training.batch_size, seed=0, process_index=0, process_count=1,
+                   local_devices=1, train=True)
+  method = lm.LM(config, parallel.AXIS, ds.info)
+  devs = parallel.devices(jax.devices()[:1])
+  step = parallel.train_step(method.train_step, devs)
+  evaluate = parallel.eval_step(method.eval_step, devs)
+  held = ds.batch(10_000)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+
+  def loss(state):
+    return evaluate(state.replace(ema_params=state.params), held, jax.random.PRNGKey(0))['loss']
+
+  before = loss(state)
+  for s in range(steps):
+    state, _ = step(state, [ds.batch(s)])
+  freq = np.bincount(ds.tokens) / len(ds.tokens)
+  return before, loss(state), float(-np.sum(freq[freq > 0] * np.log(freq[freq > 0])))
+
+
+def test_step_lowers_the_loss_on_embedded_text(config):
+  config.model.dropout = 0.1  # trains through the attention with dropout; evaluates without
+  before, after, unigram = _loss_drop(config, 80)
+  assert before > math.log(40) - 0.1 and after < unigram - 0.3, (before, after, unigram)  # uses the context
+
+
+def test_step_lowers_the_loss_on_tiny_shakespeare(config):
+  config.data.text_file = str(needs_shared_data('tinyshakespeare.txt'))
+  before, after, unigram = _loss_drop(config, 80)
+  assert before > math.log(65) - 0.1 and after < unigram - 0.15, (before, after, unigram)
+
+
+def test_weight_decay_spares_biases_and_norm_scales(config):
+  tx, _ = optim.create(config.optim, 10)
+  params = {'kernel': jnp.ones((2, 2)), 'scale': jnp.ones(2)}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  state = tx.init(params)
+  for _ in range(5):  # past the warmup, so the learning rate is positive
+    updates, state = tx.update(zero, state, params)
+  assert np.all(updates['kernel'] < 0) and np.all(updates['scale'] == 0)
+
+
+def test_bad_settings_are_clear_errors(config):
+  config.model.num_heads = 3
+  with pytest.raises(UserError, match='model.num_heads=3 must divide model.width=32'):
+    lm.LM.check_config(config)
+  config.model.num_heads = 2
+  config.sample.prompt = 'Zounds!'
+  with pytest.raises(UserError, match=r"sample.prompt='Zounds!' has characters outside the vocabulary .*'!Z'"):
+    lm.LM(config, parallel.AXIS, _info())
+  config.sample.prompt = ''
+  with pytest.raises(UserError, match='sample.prompt is empty'):
+    lm.LM.check_config(config)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, sonnet_file):
+  """One tiny 4-step run on 4 devices on a copy of the sonnet, shared by the tests that read its workdir."""
+  root = tmp_path_factory.mktemp('lm_run')
+  copy = str(root / 'sonnet.txt')
+  shutil.copy(sonnet_file, copy)
+  workdir = str(root / 'w')
+  state = loop.train(tiny_lm_config(copy), workdir)
+  return workdir, copy, state
+
+
+def test_training_writes_text_samples_and_metrics(trained):
+  workdir, _, state = trained
+  assert int(state.step) == 4
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r['step'] for r in rows] == [2, 4]
+  assert {'loss', 'perplexity', 'bits_per_char', 'lr', 'grad_norm'} <= set(rows[-1])
+  with open(os.path.join(workdir, 'samples', 'step_4.txt'), encoding='utf-8') as f:
+    assert f.read().count('-' * 40 + '\n') == 3
+
+
+def test_eval_mode_reports_loss_perplexity_and_bits(trained):
+  workdir, copy, _ = trained
+  result = loop.evaluate(tiny_lm_config(copy), workdir)
+  with open(os.path.join(workdir, 'eval_4.json')) as f:
+    assert json.load(f) == result
+  assert result['num_examples'] == 8
+  np.testing.assert_allclose(result['eval/perplexity'], math.exp(result['eval/loss']), rtol=1e-6)
+  np.testing.assert_allclose(result['eval/bits_per_char'], result['eval/loss'] / math.log(2), rtol=1e-6)
+
+
+def test_sampling_needs_no_data_the_vocabulary_comes_with_the_checkpoint(trained, tmp_path):
+  workdir, copy, _ = trained
+  config = tiny_lm_config(str(tmp_path / 'no_such_file.txt'))  # no data anywhere
+  config.sample.prompt = 'Shall'
+  config.sample.num = 5
+  texts = loop.sample(config, workdir)['text']
+  assert len(texts) == 5 and all(len(t) == len('Shall') + config.sample.length for t in texts)
+  assert all(t.startswith('Shall') and set(t) <= set(SONNET) for t in texts)
+  with open(os.path.join(workdir, 'samples', 'step_4_1.txt'), encoding='utf-8') as f:  # beside training's step_4.txt
+    assert f.read().startswith(texts[0] + '\n' + '-' * 40 + '\n')
+
+
+def test_data_tokenized_unlike_the_checkpoint_is_a_clear_error(trained):
+  workdir, copy, _ = trained
+  config = tiny_lm_config(copy)
+  config.data.tokenizer = 'byte'
+  with pytest.raises(UserError, match="data.tokenizer='byte', but the checkpoints were trained with 'char'"):
+    loop.evaluate(config, workdir)
+
+
+def test_tiny_shakespeare_from_tfds_manual_dir(tmp_path):
+  source = needs_shared_data('tinyshakespeare.txt')
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  shutil.copy(source, manual / 'input.txt')
+  cfg = gpt_shakespeare_cpu.get_config().data
+  cfg.manual_dir = str(manual)
+  cfg.tfds_data_dir = str(tmp_path / 'tfds')
+  train, source_name = text.load(cfg, 'train')
+  assert len(train) == 1_003_854 and source_name == "TFDS 'tiny_shakespeare'"
+
+
+def test_tfds_not_prepared_offline_is_a_clear_error(monkeypatch, tmp_path):
+  from aigc_jax.data import images
+  monkeypatch.setattr(images, '_network_up', lambda: False)
+  cfg = gpt_shakespeare_cpu.get_config().data
+  cfg.tfds_data_dir = str(tmp_path)
+  with pytest.raises(UserError, match=r"not prepared .* no network .*data.manual_dir .*input.txt.*data.text_file"):
+    text.load(cfg, 'train')
+
+
+def _cli(*args):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
+  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_trains_then_samples_text(sonnet_file, tmp_path):
+  tiny = ['--config=configs/gpt_shakespeare_cpu.py', f'--config.data.text_file={sonnet_file}',
+          f'--config.data.block_size={BLOCK}', '--config.model.num_layers=1', '--config.model.num_heads=2',
+          '--config.model.width=16', '--config.training.batch_size=4', '--config.training.num_train_steps=2',
+          '--config.training.log_every=2', '--config.training.checkpoint_every=2',
+          '--config.training.sample_every=0', f'--workdir={tmp_path}']
+  train = _cli(*tiny)
+  assert train.returncode == 0, train.stderr[-2000:]
+  assert 'lm: ' in train.stdout and 'step 2/2 | loss' in train.stdout
+  sample = _cli(*tiny, '--mode=sample', '--config.sample.num=2', '--config.sample.length=5',
+                '--config.sample.prompt=Thou', '--config.data.text_file=/nonexistent.txt')
+  assert sample.returncode == 0, sample.stderr[-2000:]
+  assert '2 samples from step 2' in sample.stdout
+  assert sample.stdout.count('Thou') >= 2 and sample.stdout.count('-' * 40) == 2
+  assert os.path.exists(tmp_path / 'samples' / 'step_2.txt')
