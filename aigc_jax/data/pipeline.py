@@ -11,24 +11,37 @@ import functools
 import numpy as np
 
 
-class ImageBatches:
-  """Global batches of images scaled to [-1, 1], this process's share shaped [devices, per_device, H, W, C].
+class _GlobalBatches:
+  """What every pipeline shares: one global batch per step, of which this process keeps rows lo:hi.
 
   `global_batch` must divide evenly over processes and devices (`parallel.check_batch`).
   """
 
-  def __init__(self, images: np.ndarray, global_batch: int, *, seed: int, process_index: int,
-               process_count: int, local_devices: int, shuffle: bool = True,
-               random_flip: bool = False):
+  def __init__(self, global_batch: int, *, seed: int, process_index: int, process_count: int,
+               local_devices: int, shuffle: bool):
     per_process = global_batch // process_count
-    self.images = images
     self.global_batch = global_batch
     self.seed = seed
     self.shuffle = shuffle
-    self.random_flip = random_flip
     self.local_devices = local_devices
     self.lo = process_index * per_process
     self.hi = self.lo + per_process
+
+  def per_device(self, x: np.ndarray) -> np.ndarray:
+    """This process's rows [B/P, ...] as [local_devices, B/(P*L), ...]."""
+    return x.reshape((self.local_devices, -1) + x.shape[1:])
+
+
+class ImageBatches(_GlobalBatches):
+  """Global batches of images scaled to [-1, 1], this process's share shaped [devices, per_device, H, W, C]."""
+
+  def __init__(self, images: np.ndarray, global_batch: int, *, seed: int, process_index: int,
+               process_count: int, local_devices: int, shuffle: bool = True,
+               random_flip: bool = False):
+    super().__init__(global_batch, seed=seed, process_index=process_index, process_count=process_count,
+                     local_devices=local_devices, shuffle=shuffle)
+    self.images = images
+    self.random_flip = random_flip
 
   @property
   def info(self) -> dict[str, str]:
@@ -62,10 +75,10 @@ class ImageBatches:
       flip = np.random.default_rng([self.seed, 1, step]).random(self.global_batch) < 0.5
       flip = flip[self.lo:self.hi]
       x[flip] = x[flip, :, ::-1]
-    return {'image': x.reshape((self.local_devices, -1) + x.shape[1:])}
+    return {'image': self.per_device(x)}
 
 
-class TextBatches:
+class TextBatches(_GlobalBatches):
   """Windows of `block_size + 1` consecutive tokens, this process's share shaped [devices, per_device, T+1].
 
   Training draws window starts uniformly at random (as nanoGPT does); evaluation walks the
@@ -76,16 +89,11 @@ class TextBatches:
   def __init__(self, tokens: np.ndarray, global_batch: int, block_size: int, *, seed: int,
                process_index: int, process_count: int, local_devices: int, shuffle: bool,
                info: dict[str, str]):
-    per_process = global_batch // process_count
+    super().__init__(global_batch, seed=seed, process_index=process_index, process_count=process_count,
+                     local_devices=local_devices, shuffle=shuffle)
     self.tokens = tokens
-    self.global_batch = global_batch
     self.block_size = block_size
-    self.seed = seed
-    self.shuffle = shuffle
     self.info = info
-    self.local_devices = local_devices
-    self.lo = process_index * per_process
-    self.hi = self.lo + per_process
     self.num_windows = (len(tokens) - 1) // block_size
 
   def __len__(self) -> int:
@@ -104,4 +112,4 @@ class TextBatches:
     """This process's part of the global batch of `step`: {'tokens': int32 [L, B/L, T+1]}."""
     starts = self.window_starts(step)[self.lo:self.hi]
     x = self.tokens[starts[:, None] + np.arange(self.block_size + 1)]
-    return {'tokens': x.astype(np.int32).reshape((self.local_devices, -1, self.block_size + 1))}
+    return {'tokens': self.per_device(x.astype(np.int32))}
