@@ -19,11 +19,12 @@ def test_data_info_is_saved_with_each_step(tmp_path):
   reopened.close()
 
 
-def test_single_item_checkpoints_still_restore(tmp_path):
+def test_single_item_checkpoints_still_restore(tmp_path, caplog):
   state = {'w': jnp.arange(3.0)}
   with ocp.CheckpointManager(str(tmp_path)) as old:
     old.save(5, args=ocp.args.StandardSave(state))
   ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
   np.testing.assert_array_equal(ckpts.restore(state)['w'], state['w'])
   assert ckpts.data_info() == {}
+  assert 'unreadable' not in caplog.text  # an older layout is not a damaged checkpoint
   ckpts.close()

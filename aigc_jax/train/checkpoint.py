@@ -47,6 +47,8 @@ class Checkpoints:
     if not steps:
       return None
     for s in reversed(steps):
+      if not os.path.isdir(os.path.join(self.directory, str(s), _DATA_INFO)):
+        return {}  # a single-item checkpoint, written before steps carried data info
       try:
         return dict(self.manager.restore(s, args=ocp.args.Composite(**{_DATA_INFO: ocp.args.JsonRestore()}))[
             _DATA_INFO])
