@@ -21,23 +21,28 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 
 
-def tiny_ddpm_config() -> ml_collections.ConfigDict:
-  """ddpm_digits shrunk to compile and run in seconds: an 8-wide UNet, T=100, batch 8."""
-  from configs import ddpm_digits
-  config = ddpm_digits.get_config()
-  config.model.ch = 8
-  config.model.num_groups = 4
-  config.diffusion.num_timesteps = 100
+def shrink_training(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A 4-step run at global batch 8 that logs, checkpoints every 2 steps and samples at the end."""
   config.optim.warmup_steps = 2
   config.training.batch_size = 8
   config.training.num_train_steps = 4
   config.training.log_every = 2
   config.training.checkpoint_every = 2
   config.training.sample_every = 4
+  config.eval.batch_size = 8
+  return config
+
+
+def tiny_ddpm_config() -> ml_collections.ConfigDict:
+  """ddpm_digits shrunk to compile and run in seconds: an 8-wide UNet, T=100, batch 8."""
+  from configs import ddpm_digits
+  config = shrink_training(ddpm_digits.get_config())
+  config.model.ch = 8
+  config.model.num_groups = 4
+  config.diffusion.num_timesteps = 100
   config.sample.method = 'ddim'
   config.sample.steps = 5
   config.sample.num = 6
-  config.eval.batch_size = 8
   config.eval.num_batches = 2
   return config
 

@@ -27,6 +27,7 @@ from configs import gpt_shakespeare_cpu
 from tests.conftest import JAX_CACHE
 from tests.conftest import ROOT
 from tests.conftest import needs_shared_data
+from tests.conftest import shrink_training
 
 # Shakespeare's Sonnet 18, four times over: a real text that needs nothing from ../shared.
 SONNET = """Shall I compare thee to a summer's day?
@@ -50,21 +51,14 @@ BLOCK = 16
 
 def tiny_lm_config(text_file: str):
   """gpt_shakespeare_cpu shrunk to compile and run in seconds: 2 layers of width 32, context 16."""
-  config = gpt_shakespeare_cpu.get_config()
+  config = shrink_training(gpt_shakespeare_cpu.get_config())
   config.data.text_file = text_file
   config.data.block_size = BLOCK
   config.model.num_layers = 2
   config.model.num_heads = 2
   config.model.width = 32
-  config.optim.warmup_steps = 2
-  config.training.batch_size = 8
-  config.training.num_train_steps = 4
-  config.training.log_every = 2
-  config.training.checkpoint_every = 2
-  config.training.sample_every = 4
   config.sample.num = 3
   config.sample.length = BLOCK + 8  # past the context: exercises the sliding window
-  config.eval.batch_size = 8
   config.eval.num_batches = 1
   return config
 
