@@ -31,7 +31,7 @@ def test_tfds_cifar10_on_mock_data_has_right_shapes_and_range():
 
 
 def test_tfds_missing_offline_is_a_clear_error(monkeypatch, tmp_path):
-  monkeypatch.setattr(images, '_network_up', lambda: False)
+  monkeypatch.setattr(images, 'network_up', lambda: False)
   cfg = ddpm_cifar.get_config().data
   cfg.tfds_data_dir = str(tmp_path)
   with pytest.raises(UserError, match=r"not prepared in .* no network .*tfds build cifar10.*data.image_folder"):

@@ -370,7 +370,7 @@ def test_tiny_shakespeare_from_tfds_manual_dir(tmp_path):
 
 def test_tfds_not_prepared_offline_is_a_clear_error(monkeypatch, tmp_path):
   from aigc_jax.data import images
-  monkeypatch.setattr(images, '_network_up', lambda: False)
+  monkeypatch.setattr(images, 'network_up', lambda: False)
   cfg = gpt_shakespeare_cpu.get_config().data
   cfg.tfds_data_dir = str(tmp_path)
   with pytest.raises(UserError, match=r"not prepared .* no network .*data.manual_dir .*input.txt.*data.text_file"):

@@ -46,7 +46,7 @@ def _image_folder(root: str, split: str) -> np.ndarray:
   return _stack(tfds.ImageFolder(root).as_dataset(split=split, shuffle_files=False))
 
 
-def _network_up(host: str = 'storage.googleapis.com') -> bool:
+def network_up(host: str = 'storage.googleapis.com') -> bool:
   """Whether a TFDS download could possibly work: its mirror's name resolves."""
   try:
     socket.getaddrinfo(host, 443)
@@ -66,7 +66,7 @@ def _tfds(name: str, split: str, data_dir: str) -> np.ndarray:
                     'or set data.image_folder to a folder of images') from None
   except AssertionError:
     where = data_dir or os.path.expanduser('~/tensorflow_datasets')
-    if not _network_up():
+    if not network_up():
       raise UserError(
           f'TFDS data set {name!r} is not prepared in {where} and there is no network to download it: '
           f'run `tfds build {name}` on a machine with network and copy its folder to {where} '

@@ -53,7 +53,7 @@ def _tfds_text(name: str, split: str, data_dir: str, manual_dir: str) -> str:
       if not os.path.isdir(manual_dir):
         raise UserError(f'data.manual_dir={manual_dir!r} is not a folder: point it to the folder holding the '
                         f'file {name!r} downloads (for tiny_shakespeare: input.txt)')
-    elif not images._network_up():  # pylint: disable=protected-access
+    elif not images.network_up():
       raise UserError(f'TFDS data set {name!r} is not prepared in {builder.data_dir} and there is no network to '
                       f'download it: set data.manual_dir to a folder holding the file it downloads (for '
                       'tiny_shakespeare: input.txt), or set data.text_file to a UTF-8 text file')
