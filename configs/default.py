@@ -12,6 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.kind = 'images'        # 'images' or 'text' (the LM configs replace this section)
   data.name = 'cifar10'       # a TFDS name, or 'digits' (scikit-learn's 8x8 digits, offline)
   data.image_folder = ''      # if set: a tfds.ImageFolder root (<split>/<class>/<image>) used instead of TFDS
+  data.npz_path = ''          # if set: an .npz with `images` uint8 [N,H,W(,C)] (and `labels`) used instead
+  data.npz_holdout = 0        # data.npz_path: its last this many examples are 'test', the rest 'train'
+  data.binarize = 0.0         # > 0: pixels >= this fraction of 255 become 255, the rest 0
   data.tfds_data_dir = ''     # TFDS data_dir ('' = TFDS's default, ~/tensorflow_datasets)
   data.train_split = 'train'
   data.eval_split = 'test'

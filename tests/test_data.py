@@ -27,6 +27,7 @@ def test_tfds_cifar10_on_mock_data_has_right_shapes_and_range():
   b = ds.batch(0)['image']
   assert b.shape == (4, 2, 32, 32, 3) and b.dtype == np.float32
   assert -1.0 <= b.min() < 0.0 < b.max() <= 1.0
+  assert ds.batch(0)['label'].shape == (4, 2) and ds.batch(0)['label'].dtype == np.int32
   np.testing.assert_array_equal(ds.batch(5)['image'], ds.batch(5)['image'])  # random access is deterministic
 
 
@@ -47,9 +48,77 @@ def test_unknown_tfds_name_is_a_clear_error():
 
 def test_digits_are_real_and_split():
   cfg = ddpm_digits.get_config().data
-  train, test = images.load(cfg, 'train'), images.load(cfg, 'test')
+  (train, train_y), (test, test_y) = images.load(cfg, 'train'), images.load(cfg, 'test')
   assert train.shape == (1597, 8, 8, 1) and test.shape == (images.DIGITS_TEST, 8, 8, 1)
   assert train.dtype == np.uint8 and train.max() == 255 and train.min() == 0
+  assert train_y.shape == (1597,) and set(test_y) == set(range(10))
+
+
+def _npz_cfg(path, holdout=3, size=5):
+  cfg = ddpm_digits.get_config().data
+  cfg.npz_path, cfg.npz_holdout, cfg.image_size = str(path), holdout, size
+  return cfg
+
+
+def test_npz_source_splits_by_holdout_and_keeps_labels(tmp_path):
+  x = np.arange(10 * 25, dtype=np.uint8).reshape(10, 5, 5)
+  np.savez(tmp_path / 'd.npz', images=x, labels=np.arange(10))
+  train, train_y = images.load(_npz_cfg(tmp_path / 'd.npz'), 'train')
+  test, test_y = images.load(_npz_cfg(tmp_path / 'd.npz'), 'test')
+  np.testing.assert_array_equal(np.concatenate([train, test])[..., 0], x)
+  assert train_y.tolist() == list(range(7)) and test_y.tolist() == [7, 8, 9]
+  ds = _create(_npz_cfg(tmp_path / 'd.npz'), batch=4, devices=2)
+  b = ds.batch(1)
+  np.testing.assert_array_equal(np.round((b['image'].reshape(4, 25) + 1.0) * 127.5),
+                                x.reshape(10, 25)[b['label'].reshape(4)])
+
+
+def test_npz_source_errors_say_what_to_fix(tmp_path):
+  np.savez(tmp_path / 'd.npz', images=np.zeros((10, 5, 5), np.uint8))
+  assert images.load(_npz_cfg(tmp_path / 'd.npz'), 'test')[1] is None
+  with pytest.raises(UserError, match=r'held-out count must be in 1\.\.9, not 0'):
+    images.load(_npz_cfg(tmp_path / 'd.npz', holdout=0), 'train')
+  with pytest.raises(UserError, match='does not exist'):
+    images.load(_npz_cfg(tmp_path / 'missing.npz'), 'train')
+  np.savez(tmp_path / 'f.npz', images=np.zeros((10, 5, 5), np.float32))
+  with pytest.raises(UserError, match='must be uint8'):
+    images.load(_npz_cfg(tmp_path / 'f.npz'), 'train')
+
+
+def test_binarize_maps_pixels_to_0_or_255(tmp_path):
+  np.savez(tmp_path / 'd.npz', images=np.arange(250, dtype=np.uint8).reshape(10, 5, 5))
+  cfg = _npz_cfg(tmp_path / 'd.npz')
+  cfg.binarize = 0.5
+  x, _ = images.load(cfg, 'train')
+  assert set(np.unique(x)) == {0, 255} and (x == 255).sum() == ((np.arange(175) >= 127.5).sum())
+
+
+def test_idx_files_convert_to_the_npz_source(tmp_path):
+  import gzip
+  from aigc_jax.data import idx
+  x = np.random.default_rng(0).integers(0, 255, (6, 4, 3), dtype=np.uint8)
+  with gzip.open(tmp_path / 'x.gz', 'wb') as f:
+    f.write(bytes([0, 0, 8, 3]) + np.array(x.shape, '>i4').tobytes() + x.tobytes())
+  with open(tmp_path / 'y', 'wb') as f:
+    f.write(bytes([0, 0, 8, 1]) + np.array([6], '>i4').tobytes() + bytes(range(6)))
+  assert idx.to_npz(str(tmp_path / 'x.gz'), str(tmp_path / 'y'), str(tmp_path / 'o.npz')) == (6, 4, 3, 1)
+  with np.load(tmp_path / 'o.npz') as f:
+    np.testing.assert_array_equal(f['images'][..., 0], x)
+    assert f['labels'].tolist() == list(range(6))
+  (tmp_path / 'bad').write_bytes(b'\x1f\x8b junk')
+  with pytest.raises(UserError, match='not a uint8 idx file'):
+    idx.read(str(tmp_path / 'bad'))
+
+
+def test_real_mnist_test_digits_convert(tmp_path):
+  from aigc_jax.data import idx
+  images_gz = needs_shared_data('mnist_t10k-images-idx3-ubyte.gz')
+  labels_gz = needs_shared_data('mnist_t10k-labels-idx1-ubyte.gz')
+  idx.to_npz(str(images_gz), str(labels_gz), str(tmp_path / 'mnist.npz'))
+  cfg = _npz_cfg(tmp_path / 'mnist.npz', holdout=2000, size=28)
+  (train, train_y), (test, _) = images.load(cfg, 'train'), images.load(cfg, 'test')
+  assert train.shape == (8000, 28, 28, 1) and test.shape == (2000, 28, 28, 1)
+  assert 0.12 < train.mean() / 255 < 0.14 and np.bincount(train_y).min() > 700  # MNIST's mean ink ~0.13
 
 
 def test_epoch_visits_every_example_once_and_epochs_differ():
@@ -90,8 +159,9 @@ def test_image_folder_source(tmp_path):
             tmp_path / split / label / f'{i}.png')
   cfg = ddpm_cifar.get_config().data
   cfg.image_folder = str(tmp_path)
-  assert images.load(cfg, 'train').shape == (12, 32, 32, 3)
-  assert images.load(cfg, 'test').shape == (4, 32, 32, 3)
+  x, y = images.load(cfg, 'train')
+  assert x.shape == (12, 32, 32, 3) and sorted(y) == [0] * 6 + [1] * 6
+  assert images.load(cfg, 'test')[0].shape == (4, 32, 32, 3)
   cfg.image_size = 16
   with pytest.raises(UserError, match='data.image_size=16'):
     images.load(cfg, 'test')
@@ -106,7 +176,7 @@ def test_real_cifar10_jpegs_through_image_folder(tmp_path):
     tar.extractall(tmp_path, filter='data')
   cfg = ddpm_cifar.get_config().data
   cfg.image_folder = str(tmp_path)
-  test = images.load(cfg, 'test')
-  assert test.shape == (10_000, 32, 32, 3)
+  test, labels = images.load(cfg, 'test')
+  assert test.shape == (10_000, 32, 32, 3) and np.bincount(labels).tolist() == [1000] * 10
   mean = test.reshape(-1, 3).mean(0) / 255.0
   np.testing.assert_allclose(mean, [0.4942, 0.4851, 0.4504], atol=0.01)  # CIFAR-10 test-set channel means

@@ -87,7 +87,7 @@ def test_cifar_unet_has_35_7m_parameters():
 
 
 def _real_digits(n: int) -> np.ndarray:
-  return images.load(_digits_cfg(), 'train')[:n].astype(np.float32) / 127.5 - 1.0
+  return images.load(_digits_cfg(), 'train')[0][:n].astype(np.float32) / 127.5 - 1.0
 
 
 def _digits_cfg():

@@ -20,9 +20,10 @@ def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, see
            data_info: dict[str, str] | None = None) -> ImageBatches | TextBatches:
   """Batches of `split` of the data set `cfg` (config.data) names; shuffled (and augmented) if `train`."""
   if cfg.kind == 'images':
-    return ImageBatches(images.load(cfg, split), global_batch, seed=seed, process_index=process_index,
+    x, labels = images.load(cfg, split)
+    return ImageBatches(x, global_batch, seed=seed, process_index=process_index,
                         process_count=process_count, local_devices=local_devices, shuffle=train,
-                        random_flip=train and cfg.random_flip)
+                        random_flip=train and cfg.random_flip, labels=labels)
   if cfg.kind == 'text':
     return text.create(cfg, split, global_batch, seed=seed, process_index=process_index,
                        process_count=process_count, local_devices=local_devices, train=train,

@@ -1,8 +1,11 @@
-"""Image data sets as uint8 [N, H, W, C] arrays in host memory, from any of the offline-capable sources.
+"""Labelled image data sets as uint8 [N, H, W, C] arrays in host memory, from offline-capable sources.
 
-Sources, by config: scikit-learn's 8x8 digits (`data.name='digits'`), a `tfds.ImageFolder`
-tree (`data.image_folder`, laid out as <split>/<class>/<image>), or a TFDS data set
-(`data.name`, e.g. 'cifar10', 'mnist').
+Sources, first match wins: an `.npz` file (`data.npz_path`, keys `images` and optionally
+`labels`; its last `data.npz_holdout` examples are the 'test' split, the rest 'train'), a
+`tfds.ImageFolder` tree (`data.image_folder`, laid out as <split>/<class>/<image>),
+scikit-learn's 8x8 digits (`data.name='digits'`), or a TFDS data set (`data.name`, e.g.
+'cifar10', 'mnist'). `data.binarize` > 0 maps pixels to 0 or 255 at
+that threshold (a fraction of 255), for Bernoulli likelihoods.
 """
 
 import os
@@ -19,25 +22,62 @@ from aigc_jax.errors import UserError
 DIGITS_TEST = 200
 
 
-def _digits(split: str) -> np.ndarray:
-  from sklearn.datasets import load_digits
-  x = load_digits().images  # [1797, 8, 8] floats 0..16
-  x = np.round(x * (255.0 / 16.0)).astype(np.uint8)[..., None]
+# Images uint8 [N, H, W, C] and their int32 class labels [N] (None where the source has none).
+Labeled = tuple[np.ndarray, np.ndarray | None]
+
+
+def _holdout_split(x: np.ndarray, y: np.ndarray | None, holdout: int, split: str, source: str) -> Labeled:
+  """'train' = all but the last `holdout` examples, 'test' = those."""
+  if not 0 < holdout < len(x):
+    raise UserError(f'{source} holds {len(x)} examples: its held-out count must be in 1..{len(x) - 1}, '
+                    f'not {holdout}')
   if split == 'train':
-    return x[:-DIGITS_TEST]
+    return x[:-holdout], None if y is None else y[:-holdout]
   if split == 'test':
-    return x[-DIGITS_TEST:]
-  raise UserError(f"data.name='digits' has splits 'train' and 'test', not {split!r}")
+    return x[-holdout:], None if y is None else y[-holdout:]
+  raise UserError(f"{source} has splits 'train' and 'test', not {split!r}")
 
 
-def _stack(ds: Any) -> np.ndarray:
-  """All 'image' features of a tf.data.Dataset, read in large batches."""
+def _digits(split: str) -> Labeled:
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [1797, 8, 8] from 0..16
+  return _holdout_split(x, digits.target.astype(np.int32), DIGITS_TEST, split, "data.name='digits'")
+
+
+def _npz(path: str, holdout: int, split: str) -> Labeled:
+  if not os.path.isfile(path):
+    raise UserError(f'data.npz_path={path!r} does not exist: give an .npz file with an `images` array '
+                    '(uint8 [N, H, W] or [N, H, W, C]) and optionally `labels` [N]')
+  try:
+    with np.load(path) as f:
+      x = f['images']
+      y = f['labels'].astype(np.int32) if 'labels' in f.files else None
+  except (OSError, ValueError, KeyError) as e:
+    raise UserError(f'data.npz_path={path!r} is not an .npz file with an `images` array: {e}') from None
+  if x.dtype != np.uint8 or x.ndim not in (3, 4):
+    raise UserError(f'data.npz_path={path!r}: `images` must be uint8 [N, H, W] or [N, H, W, C], '
+                    f'not {x.dtype} {list(x.shape)}')
+  if y is not None and y.shape != x.shape[:1]:
+    raise UserError(f'data.npz_path={path!r}: `labels` has shape {list(y.shape)}, expected [{len(x)}]')
+  x = x[..., None] if x.ndim == 3 else x
+  return _holdout_split(x, y, holdout, split, f'data.npz_path={path!r} (data.npz_holdout)')
+
+
+def _stack(ds: Any) -> Labeled:
+  """All images (and labels, if the data set has them) of a tf.data.Dataset, read in large batches."""
   import tensorflow_datasets as tfds
-  parts = [b['image'] for b in tfds.as_numpy(ds.map(lambda ex: {'image': ex['image']}).batch(4096))]
-  return np.concatenate(parts) if parts else np.zeros((0, 0, 0, 0), np.uint8)
+  has_label = 'label' in ds.element_spec
+  keep = (lambda ex: {'image': ex['image'], 'label': ex['label']}) if has_label else (
+      lambda ex: {'image': ex['image']})
+  parts = list(tfds.as_numpy(ds.map(keep).batch(4096)))
+  if not parts:
+    return np.zeros((0, 0, 0, 0), np.uint8), None
+  x = np.concatenate([b['image'] for b in parts])
+  return x, np.concatenate([b['label'] for b in parts]).astype(np.int32) if has_label else None
 
 
-def _image_folder(root: str, split: str) -> np.ndarray:
+def _image_folder(root: str, split: str) -> Labeled:
   if not os.path.isdir(os.path.join(root, split)):
     raise UserError(f'data.image_folder={root!r} has no {split!r} folder: expected '
                     f'{root}/{split}/<class>/<image files>')
@@ -55,7 +95,7 @@ def network_up(host: str = 'storage.googleapis.com') -> bool:
     return False
 
 
-def _tfds(name: str, split: str, data_dir: str) -> np.ndarray:
+def _tfds(name: str, split: str, data_dir: str) -> Labeled:
   tf_cpu.tensorflow()
   import tensorflow_datasets as tfds
   data_dir = data_dir or None
@@ -76,16 +116,19 @@ def _tfds(name: str, split: str, data_dir: str) -> np.ndarray:
   return _stack(ds)
 
 
-def load(cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
-  """The images of `split` as uint8 [N, H, W, C], checked against data.image_size / data.channels."""
-  if cfg.name == 'digits':
-    images = _digits(split)
-    source = 'scikit-learn digits'
+def load(cfg: ml_collections.ConfigDict, split: str) -> Labeled:
+  """Images of `split` as uint8 [N, H, W, C] (checked against data.image_size / data.channels) and labels."""
+  if cfg.npz_path:
+    images, labels = _npz(cfg.npz_path, cfg.npz_holdout, split)
+    source = f'data.npz_path={cfg.npz_path!r}'
   elif cfg.image_folder:
-    images = _image_folder(cfg.image_folder, split)
+    images, labels = _image_folder(cfg.image_folder, split)
     source = f'data.image_folder={cfg.image_folder!r}'
+  elif cfg.name == 'digits':
+    images, labels = _digits(split)
+    source = 'scikit-learn digits'
   else:
-    images = _tfds(cfg.name, split, cfg.tfds_data_dir)
+    images, labels = _tfds(cfg.name, split, cfg.tfds_data_dir)
     source = f'TFDS {cfg.name!r}'
   if len(images) == 0:
     raise UserError(f'{source} split {split!r} holds no images')
@@ -93,4 +136,6 @@ def load(cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
   if images.shape[1:] != want:
     raise UserError(f'{source} has images of shape {images.shape[1:]}, but the config says '
                     f'data.image_size={cfg.image_size}, data.channels={cfg.channels}: set them to match')
-  return images
+  if cfg.binarize > 0:
+    images = np.where(images >= cfg.binarize * 255.0, 255, 0).astype(np.uint8)
+  return images, labels

@@ -33,14 +33,18 @@ class _GlobalBatches:
 
 
 class ImageBatches(_GlobalBatches):
-  """Global batches of images scaled to [-1, 1], this process's share shaped [devices, per_device, H, W, C]."""
+  """Global batches of images scaled to [-1, 1], this process's share shaped [devices, per_device, H, W, C].
+
+  With `labels`, each batch also holds the images' int32 class labels under 'label'.
+  """
 
   def __init__(self, images: np.ndarray, global_batch: int, *, seed: int, process_index: int,
                process_count: int, local_devices: int, shuffle: bool = True,
-               random_flip: bool = False):
+               random_flip: bool = False, labels: np.ndarray | None = None):
     super().__init__(global_batch, seed=seed, process_index=process_index, process_count=process_count,
                      local_devices=local_devices, shuffle=shuffle)
     self.images = images
+    self.labels = labels
     self.random_flip = random_flip
 
   @property
@@ -68,14 +72,16 @@ class ImageBatches(_GlobalBatches):
     return idx
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of the global batch of `step`: {'image': float32 [L, B/L, H, W, C]}."""
+    """This process's part of the global batch of `step`: {'image': float32 [L, B/L, H, W, C]} (+ 'label')."""
     idx = self.global_indices(step)[self.lo:self.hi]
     x = self.images[idx].astype(np.float32) / 127.5 - 1.0
     if self.random_flip:
       flip = np.random.default_rng([self.seed, 1, step]).random(self.global_batch) < 0.5
       flip = flip[self.lo:self.hi]
       x[flip] = x[flip, :, ::-1]
-    return {'image': self.per_device(x)}
+    if self.labels is None:
+      return {'image': self.per_device(x)}
+    return {'image': self.per_device(x), 'label': self.per_device(self.labels[idx])}
 
 
 class TextBatches(_GlobalBatches):
