@@ -1,1 +1,3 @@
-"""Sample-quality and likelihood metrics (FID/IS/KID, bits/dim): planned; `--mode=eval` reports each method's own held-out loss today."""
+"""Sample-quality metrics: FID, Inception Score and KID (`metrics`) on features of the FID
+Inception network (`inception`, weights read from pytorch-fid's release by `torch_checkpoint`),
+computed over all local devices (`features`)."""

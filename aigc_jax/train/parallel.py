@@ -50,6 +50,30 @@ def check_batch(global_batch: int, devs: Devices, key: str = 'training.batch_siz
   return global_batch // devs.global_count
 
 
+def _keyed(step_fn: Callable) -> Callable:
+  """step_fn with the key of the state's step: fold_in(state.rng, state.step)."""
+  return lambda state, batch: step_fn(state, batch, jax.random.fold_in(state.rng, state.step))
+
+
+def _pmapped_step(fn: Callable, devs: Devices, donate: bool) -> Callable:
+  """fn(state, batch) over the local devices: state unreplicated in, replicated out."""
+  return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None),
+                  devices=devs.local, donate_argnums=(0,) if donate else ())
+
+
+def compiled_train_step(step_fn: Callable, devs: Devices, state: Any, batch: Any,
+                        donate: bool = True) -> tuple[Callable, dict[str, float]]:
+  """The one-step program `train_step` runs, compiled ahead of time for these shapes, and its cost.
+
+  The cost is XLA's analysis of the per-device program ('flops', 'bytes accessed', ...),
+  for benchmarks; calling the compiled step runs exactly what training runs.
+  """
+  compiled = _pmapped_step(_keyed(step_fn), devs, donate).lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return compiled, {k: float(v) for k, v in (cost or {}).items() if isinstance(v, (int, float))}
+
+
 def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
                donate: bool = True) -> Callable:
   """Maps `step_fn(state, batch, rng) -> (state, metrics)` over devices, k steps per call.
@@ -59,18 +83,14 @@ def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
   With k > 1 the steps run in one `lax.scan` and metrics are averaged over them; k = 1
   calls the step directly, since XLA:CPU runs gradients inside loops many times slower.
   """
-  def one_step(state, batch):
-    return step_fn(state, batch, jax.random.fold_in(state.rng, state.step))
+  one_step = _keyed(step_fn)
 
   def multi_step(state, batches):
     state, metrics = jax.lax.scan(one_step, state, batches)
     return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-  def pmapped(fn):
-    return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None),
-                    devices=devs.local, donate_argnums=(0,) if donate else ())
-  single = pmapped(one_step)
-  multi = pmapped(multi_step) if steps_per_call > 1 else None
+  single = _pmapped_step(one_step, devs, donate)
+  multi = _pmapped_step(multi_step, devs, donate) if steps_per_call > 1 else None
 
   def run(state, batches: Sequence[Any]):
     if multi is not None and len(batches) == steps_per_call:
@@ -104,3 +124,32 @@ def sampler(sample_fn: Callable, devs: Devices, num: int) -> Callable:
     out = jax.device_get(mapped(state, keys[start:start + len(devs.local)]))
     return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:num], out)
   return run
+
+
+def on_every_device(fn: Callable, devs: Devices) -> Callable:
+  """Runs `fn(state, batch, rng)` with the same whole batch and key on every local device; one copy comes back.
+
+  For small inference on a few examples that must meet (pairs to interpolate between): too
+  little work to split, and every device computes the same. The result is host numpy arrays.
+  """
+  mapped = jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0), devices=devs.local)
+
+  def run(state, batch, rng):
+    out = mapped(state, batch, jnp.broadcast_to(rng, (len(devs.local),) + rng.shape))
+    return jax.tree.map(lambda x: np.asarray(x[0]), out)
+  return run
+
+
+def forward(apply_fn: Callable, params: Any, devs: Devices) -> Callable:
+  """Maps `apply_fn(params, x) -> outputs` over devices with fixed params, for inference.
+
+  The params are put on every device once, here, replicated: passing host arrays to each
+  call would send them again every time. The returned function takes x [devices,
+  per_device, ...]; its outputs keep the device axis and stay on the devices until read,
+  so the next call can be queued first.
+  """
+  mapped = jax.pmap(apply_fn, axis_name=AXIS, in_axes=(None, 0), devices=devs.local)
+  replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devs.local), (AXIS,)),
+                                          jax.sharding.PartitionSpec())
+  params = jax.device_put(params, replicated)
+  return lambda x: mapped(params, x)
