@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.temperature = 0.8  # 0: always the most likely token
   config.sample.top_k = 200       # 0: off
   config.sample.top_p = 1.0       # 1: off
+  config.sample.kv_cache = True   # False: every token recomputes its whole context (slow reference)
 
   config.eval.batch_size = 64
   config.eval.num_batches = 0

@@ -206,6 +206,15 @@ def test_greedy_generation_equals_greedy_recomputation(model_and_params, length)
   np.testing.assert_array_equal(got, np.array(seqs))
 
 
+@pytest.mark.parametrize('length', [6, BLOCK + 3])
+def test_sampling_with_the_cache_draws_what_recomputation_draws(model_and_params, length):
+  model, params, _, _ = model_and_params
+  prompt = np.array([[1, 2, 3], [4, 4, 0]], np.int32)
+  draw = jax.jit(lambda p, pr, kv: lm.generate(model, p, pr, jax.random.PRNGKey(5), length, temperature=1.0,
+                                               top_k=8, kv_cache=kv), static_argnums=2)
+  np.testing.assert_array_equal(draw(params, prompt, True), draw(params, prompt, False))
+
+
 def test_next_token_filters():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 256))
   keys = jax.random.PRNGKey(0)

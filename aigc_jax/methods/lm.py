@@ -6,6 +6,7 @@ character or byte (loss / ln 2, one token being one character or byte). Sampling
 cache in one call, a `lax.scan` then adds one token per step attending to the cache, and
 past `data.block_size` positions a second scan re-reads the last block_size tokens at
 every step (the position embedding ends there, so cached keys cannot be reused).
+`sample.kv_cache=False` recomputes every token's whole context instead: the slow reference.
 """
 
 import math
@@ -48,10 +49,13 @@ def next_token(logits_BV: jax.Array, rng: jax.Array, temperature: float, top_k: 
 
 
 def generate(model: Transformer, params: Any, prompt_BP: jax.Array, rng: jax.Array, length: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             kv_cache: bool = True) -> jax.Array:
   """The prompts followed by `length` sampled tokens: int32 [B, P + length]; P <= block_size.
 
-  The token at position q is drawn with the key fold_in(rng, q).
+  The token at position q is drawn with the key fold_in(rng, q), so both ways of computing
+  the logits draw the same tokens. Without `kv_cache` every token re-reads its whole context
+  (the reference the cache is checked and timed against).
   """
   B, P = prompt_BP.shape
   L, S = P + length, model.block_size
@@ -60,19 +64,28 @@ def generate(model: Transformer, params: Any, prompt_BP: jax.Array, rng: jax.Arr
   def draw(logits_BV, q):
     return next_token(logits_BV, jax.random.fold_in(rng, q), temperature, top_k, top_p)
 
-  logits_BPV, cache = model.apply({'params': params}, prompt_BP, empty_cache(model, B), 0,
-                                  method=Transformer.decode)
-  tok_BL = tok_BL.at[:, P].set(draw(logits_BPV[:, -1], P))
+  if kv_cache:
+    logits_BPV, cache = model.apply({'params': params}, prompt_BP, empty_cache(model, B), 0,
+                                    method=Transformer.decode)
+    tok_BL = tok_BL.at[:, P].set(draw(logits_BPV[:, -1], P))
 
-  def cached_step(carry, p):
-    """Feeds the token at position p (< S) and draws the one at p + 1."""
-    tok_BL, cache = carry
-    logits_B1V, cache = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(tok_BL, p, 1, axis=1),
-                                    cache, p, method=Transformer.decode)
-    tok_BL = jax.lax.dynamic_update_slice_in_dim(tok_BL, draw(logits_B1V[:, 0], p + 1)[:, None], p + 1, axis=1)
-    return (tok_BL, cache), None
+    def cached_step(carry, p):
+      """Feeds the token at position p (< S) and draws the one at p + 1."""
+      tok_BL, cache = carry
+      logits_B1V, cache = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(tok_BL, p, 1, axis=1),
+                                      cache, p, method=Transformer.decode)
+      tok_BL = jax.lax.dynamic_update_slice_in_dim(tok_BL, draw(logits_B1V[:, 0], p + 1)[:, None], p + 1, axis=1)
+      return (tok_BL, cache), None
 
-  (tok_BL, _), _ = jax.lax.scan(cached_step, (tok_BL, cache), jnp.arange(P, min(L - 1, S)))
+    (tok_BL, _), _ = jax.lax.scan(cached_step, (tok_BL, cache), jnp.arange(P, min(L - 1, S)))
+  else:
+    def full_step(tok_BL, q):
+      """Draws the token at position q (<= S) from all positions before it, recomputed."""
+      logits_BTV = model.apply({'params': params}, tok_BL[:, :min(L, S)])
+      logits_BV = jax.lax.dynamic_index_in_dim(logits_BTV, q - 1, axis=1, keepdims=False)
+      return jax.lax.dynamic_update_slice_in_dim(tok_BL, draw(logits_BV, q)[:, None], q, axis=1), None
+
+    tok_BL, _ = jax.lax.scan(full_step, tok_BL, jnp.arange(P, min(L - 1, S) + 1))
 
   def window_step(tok_BL, q):
     """Draws the token at position q (> S) from the S tokens before it."""
@@ -86,6 +99,8 @@ def generate(model: Transformer, params: Any, prompt_BP: jax.Array, rng: jax.Arr
 
 class LM:
   """Language modelling: `config.model` sizes the Transformer, `data_info` gives its tokenizer."""
+
+  sample_examples = 0  # sampling needs no held-out data
 
   def __init__(self, config: ml_collections.ConfigDict, axis_name: str, data_info: dict[str, str] | None):
     self.check_config(config)
@@ -164,7 +179,7 @@ class LM:
     s = self.sample_cfg
     prompt_BP = jnp.tile(jnp.asarray(self.prompt_P)[None], (num, 1))
     return {'tokens': generate(self.model, state.ema_params, prompt_BP, rng, s.length,
-                               s.temperature, s.top_k, s.top_p)}
+                               s.temperature, s.top_k, s.top_p, s.kv_cache)}
 
   def decode_samples(self, samples: dict[str, np.ndarray]) -> dict[str, list[str]]:
     """The sampled token ids as text: {'text': [num strings]}."""

@@ -1,0 +1,179 @@
+"""Speed of a config's train step or sampler on this machine, as one JSON line.
+
+  python -m aigc_jax.bench --config=configs/ddpm_cifar.py --steps=20 [--config.x=...]
+  python -m aigc_jax.bench --config=configs/gpt_shakespeare_cpu.py --what=sample --steps=5
+
+--what=train times the exact pmapped step training runs (compiled ahead of time, on the
+config's real data): median step time after warm-up, examples/s (tokens/s for text), compile
+time, XLA's FLOPs per step, achieved FLOP/s and model FLOP utilisation against the matmul
+peak measured in the same run and, on known GPUs/TPUs, the vendor's dense peak.
+--what=sample times `sample.num` samples from freshly initialised parameters: images/s,
+or new tokens/s for the LM. Progress goes to stderr, the JSON line to stdout.
+"""
+
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from aigc_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a get_config() file in configs/.')
+_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'sample'], 'Time the train step or the sampler.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed calls after warm-up.')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed calls after compiling.')
+flags.mark_flags_as_required(['config'])
+
+# Vendor dense peak TFLOP/s per device (bf16 tensor cores; fp32 without TF32), by device_kind substring.
+VENDOR_PEAK_TFLOPS = (
+    ('H100 PCIe', {'bfloat16': 756.0, 'float32': 51.2}),
+    ('H100', {'bfloat16': 989.4, 'float32': 66.9}),
+    ('H200', {'bfloat16': 989.4, 'float32': 66.9}),
+    ('A100', {'bfloat16': 312.0, 'float32': 19.5}),
+    ('TPU v6', {'bfloat16': 918.0}),
+    ('TPU v5 lite', {'bfloat16': 197.0}),
+    ('TPU v5', {'bfloat16': 459.0}),
+    ('TPU v4', {'bfloat16': 275.0}),
+)
+
+
+def _say(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def vendor_peak(device_kind: str, dtype: str) -> float | None:
+  """The vendor's dense peak FLOP/s of one device of this kind at this dtype, if known."""
+  for name, peaks in VENDOR_PEAK_TFLOPS:
+    if name in device_kind:
+      return peaks[dtype] * 1e12 if dtype in peaks else None
+  return None
+
+
+def matmul_peak(dtype: str, n: int = 4096, repeats: int = 3) -> float:
+  """FLOP/s of an n x n x n matmul at `dtype` on the first device: the achievable peak, measured."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
+  mm = jax.jit(lambda x, y: x @ y)
+  mm(a, a).block_until_ready()
+  best = min(_timed(lambda: mm(a, a).block_until_ready()) for _ in range(repeats))
+  return 2.0 * n ** 3 / best
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _memory(devs: Any) -> int | None:
+  """Peak bytes in use on the first device, where the backend reports it (not on CPU)."""
+  stats = devs.local[0].memory_stats()
+  return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
+
+
+def _setup(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any]:
+  """Devices, the training data, the method and a fresh state, validated as the loop does."""
+  from aigc_jax import data
+  from aigc_jax import methods
+  from aigc_jax.train import loop
+  from aigc_jax.train import parallel
+  devs = parallel.devices()
+  loop.validate(config, devs)
+  methods.check_config(config)
+  ds = data.create(config.data, config.data.train_split, config.training.batch_size, seed=config.seed,
+                   process_index=devs.process_index, process_count=devs.process_count,
+                   local_devices=len(devs.local), train=True)
+  method = methods.get_method(config, parallel.AXIS, ds.info)
+  return devs, ds, method, jax.jit(method.init)(jax.random.PRNGKey(config.seed))
+
+
+def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+  """Times the pmapped train step on real batches; the host's batch time is measured apart."""
+  from aigc_jax.train import parallel
+  devs, ds, method, state = _setup(config)
+  batches, host_s = [], []
+  for s in range(warmup + steps):
+    start = time.perf_counter()
+    batches.append(ds.batch(s))
+    host_s.append(time.perf_counter() - start)
+  start = time.perf_counter()
+  step, cost = parallel.compiled_train_step(method.train_step, devs, state, batches[0])
+  compile_s = time.perf_counter() - start
+  step_s = []
+  for i, batch in enumerate(batches):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    if i >= warmup:
+      step_s.append(time.perf_counter() - start)
+  median = float(np.median(step_s))
+  batch = config.training.batch_size
+  first = next(iter(batches[0].values()))
+  per_example = int(np.prod(first.shape[2:])) - 1 if 'tokens' in batches[0] else 1
+  dtype = config.model.get('dtype', 'float32')
+  flops = cost.get('flops', 0.0) * devs.global_count
+  result = {
+      'what': 'train', 'config': flags.FLAGS['config'].config_filename, 'method': config.method,
+      'device_kind': devs.local[0].device_kind, 'devices': devs.global_count, 'dtype': dtype,
+      'global_batch': batch, 'steps_timed': steps, 'median_step_s': median,
+      'min_step_s': float(np.min(step_s)), 'compile_s': compile_s,
+      'host_batch_s': float(np.median(host_s)),
+      ('tokens_per_s' if 'tokens' in batches[0] else 'images_per_s'): batch * per_example / median,
+      'flops_per_step': flops, 'achieved_flops_per_s': flops / median,
+      'peak_memory_bytes': _memory(devs), 'loss': float(metrics['loss']),
+  }
+  measured = matmul_peak(dtype) * devs.global_count
+  result['matmul_peak_flops_per_s'] = measured
+  result['mfu_vs_matmul_peak'] = result['achieved_flops_per_s'] / measured
+  vendor = vendor_peak(devs.local[0].device_kind, dtype)
+  result['vendor_peak_flops_per_s'] = vendor * devs.global_count if vendor else None
+  result['mfu_vs_vendor_peak'] = result['achieved_flops_per_s'] / result['vendor_peak_flops_per_s'] if vendor else None
+  return result
+
+
+def bench_sample(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+  """Times `sample.num` samples per call; text counts new tokens, images count images."""
+  from aigc_jax.train import parallel
+  devs, _, method, state = _setup(config)
+  num = config.sample.num
+  draw = parallel.sampler(method.sample, devs, num)
+  start = time.perf_counter()
+  out = draw(state, jax.random.PRNGKey(0))
+  first_s = time.perf_counter() - start
+  for i in range(warmup):
+    draw(state, jax.random.PRNGKey(1 + i))
+  call_s = [_timed(lambda i=i: draw(state, jax.random.PRNGKey(100 + i))) for i in range(steps)]
+  median = float(np.median(call_s))
+  decoded = method.decode_samples(out)
+  result = {'what': 'sample', 'config': flags.FLAGS['config'].config_filename, 'method': config.method,
+            'device_kind': devs.local[0].device_kind, 'devices': devs.global_count, 'num': num,
+            'calls_timed': steps, 'median_call_s': median, 'first_call_s_incl_compile': first_s}
+  if 'text' in decoded:
+    result['new_tokens_per_call'] = num * config.sample.length
+    result['tokens_per_s'] = num * config.sample.length / median
+    result['kv_cache'] = bool(config.sample.kv_cache)
+  else:
+    result['images_per_s'] = num / median
+  for key in ('method', 'steps'):
+    if key in config.sample:
+      result[f'sample_{key}'] = config.sample[key]
+  return result
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  config = cli.config(_CONFIG)
+  bench = bench_train if _WHAT.value == 'train' else bench_sample
+  _say(f'benchmarking {_WHAT.value} of {flags.FLAGS["config"].config_filename} on {jax.devices()[0].device_kind}')
+  print(json.dumps(cli.run(bench, config, _STEPS.value, _WARMUP.value)), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
