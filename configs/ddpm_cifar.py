@@ -29,4 +29,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.method = 'ancestral'  # or 'ddim'
   config.sample.steps = 100           # DDIM steps
   config.sample.eta = 0.0             # DDIM: 0 deterministic, 1 ancestral-like
+
+  config.eval.bits_per_dim = True     # --mode=eval: the variational bound (one network call per timestep)
   return config

@@ -115,6 +115,53 @@ def test_step_lowers_loss_on_real_digits(tiny_config):
   assert after < 0.6 * before, (before, after)
 
 
+def test_bits_per_dim_is_finite_positive_and_drops_with_training_on_real_digits(tiny_config):
+  tiny_config.optim.lr = 2e-3
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  devs = parallel.devices(jax.devices()[:1])
+  step = parallel.train_step(method.train_step, devs)
+  evaluate = parallel.eval_step(method.eval_step, devs)
+  batch = {'image': _real_digits(64)[None]}
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+
+  def bpd(state):
+    m = evaluate(state.replace(ema_params=state.params), batch, jax.random.PRNGKey(7))
+    assert 0 < m['bpd_prior'] < m['bits_per_dim'] and 0 < m['bpd_decoder'] < m['bits_per_dim']
+    return m['bits_per_dim']
+
+  before = bpd(state)
+  for _ in range(60):
+    state, _ = step(state, [batch])
+  after = bpd(state)
+  assert np.isfinite(before) and 0 < after < before, (before, after)
+
+
+def test_bits_per_dim_does_not_depend_on_the_device_split(tiny_config):
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  x = _real_digits(8)
+  one = parallel.eval_step(method.eval_step, parallel.devices(jax.devices()[:1]))(
+      state, {'image': x[None]}, jax.random.PRNGKey(3))
+  four = parallel.eval_step(method.eval_step, parallel.devices())(
+      state, {'image': x.reshape(4, 2, 8, 8, 1)}, jax.random.PRNGKey(3))
+  np.testing.assert_allclose(four['bits_per_dim'], one['bits_per_dim'], rtol=1e-5)
+
+
+def test_discretized_gaussian_puts_mass_one_on_the_256_levels():
+  levels = jnp.linspace(-1.0, 1.0, 256)[:, None]
+  for mean, log_scale in ((0.0, -3.0), (0.93, -1.0), (-1.2, -5.0), (0.3, 1.0)):
+    logp = ddpm.discretized_gaussian_log_likelihood(levels, jnp.full_like(levels, mean),
+                                                    jnp.full_like(levels, log_scale))
+    np.testing.assert_allclose(jnp.sum(jnp.exp(logp)), 1.0, atol=1e-4)
+
+
+def test_normal_kl_matches_closed_forms():
+  np.testing.assert_allclose(ddpm.normal_kl(0.0, 0.0, 0.0, 0.0), 0.0)
+  np.testing.assert_allclose(ddpm.normal_kl(1.0, 0.0, 0.0, 0.0), 0.5)
+  np.testing.assert_allclose(ddpm.normal_kl(0.0, jnp.log(4.0), 0.0, 0.0), 0.5 * (4.0 - 1.0 - jnp.log(4.0)),
+                             rtol=1e-6)
+
+
 @pytest.mark.parametrize('method_name', ['ancestral', 'ddim'])
 def test_samplers_give_uint8_images_on_4_devices(tiny_config, method_name):
   tiny_config.sample.method = method_name

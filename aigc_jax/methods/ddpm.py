@@ -87,6 +87,30 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
   return np.round(np.linspace(num_timesteps - 1, 0, steps)).astype(np.int32)
 
 
+def normal_kl(mean1: jax.Array, logvar1: jax.Array, mean2: jax.Array, logvar2: jax.Array) -> jax.Array:
+  """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) per element, in nats."""
+  return 0.5 * (logvar2 - logvar1 + jnp.exp(logvar1 - logvar2) + jnp.square(mean1 - mean2) * jnp.exp(-logvar2)
+                - 1.0)
+
+
+def _std_normal_cdf(x: jax.Array) -> jax.Array:
+  return 0.5 * (1.0 + jax.scipy.special.erf(x / jnp.sqrt(2.0)))
+
+
+def discretized_gaussian_log_likelihood(x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> jax.Array:
+  """log P(x) per element for x on the 256 levels of [-1, 1]: Gaussian mass of x's bin of width 2/255.
+
+  The first and last bins reach out to -inf and +inf, so the masses of the 256 levels sum to 1.
+  """
+  inv_std = jnp.exp(-log_scale)
+  cdf_plus = _std_normal_cdf(inv_std * (x - mean + 1.0 / 255.0))
+  cdf_minus = _std_normal_cdf(inv_std * (x - mean - 1.0 / 255.0))
+  log_cdf_plus = jnp.log(jnp.maximum(cdf_plus, 1e-12))
+  log_one_minus_cdf_minus = jnp.log(jnp.maximum(1.0 - cdf_minus, 1e-12))
+  log_delta = jnp.log(jnp.maximum(cdf_plus - cdf_minus, 1e-12))
+  return jnp.where(x < -0.999, log_cdf_plus, jnp.where(x > 0.999, log_one_minus_cdf_minus, log_delta))
+
+
 def to_uint8(x: jax.Array) -> jax.Array:
   """[-1, 1] floats to 0..255 bytes."""
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
@@ -94,6 +118,8 @@ def to_uint8(x: jax.Array) -> jax.Array:
 
 class DDPM:
   """Denoising diffusion: `config.model` sizes the UNet, `config.diffusion` the schedule."""
+
+  sample_examples = 0  # sampling needs no held-out data
 
   def __init__(self, config: ml_collections.ConfigDict, axis_name: str,
                data_info: dict[str, Any] | None = None):
@@ -112,6 +138,7 @@ class DDPM:
     self.tx, self.lr_schedule = optim.create(config.optim, config.training.num_train_steps)
     self.ema_rate = config.training.ema_rate
     self.sample_cfg = config.sample
+    self.eval_bits_per_dim = config.eval.bits_per_dim
 
   @staticmethod
   def check_config(config: ml_collections.ConfigDict) -> None:
@@ -159,10 +186,50 @@ class DDPM:
 
   def eval_step(self, state: state_lib.TrainState, batch: dict[str, Any],
                 rng: jax.Array) -> dict[str, jax.Array]:
-    """The denoising loss of the EMA parameters on held-out images."""
+    """The denoising loss of the EMA parameters on held-out images, and their bound in bits/dim."""
     xt, t, noise = self._noised(batch['image'], rng)
     eps = self.model.apply({'params': state.ema_params}, xt, t, train=False)
-    return {'loss': jax.lax.pmean(jnp.mean(jnp.square(eps - noise)), self.axis_name)}
+    metrics = {'loss': jnp.mean(jnp.square(eps - noise))}
+    if self.eval_bits_per_dim:
+      metrics.update(self.bits_per_dim(state.ema_params, batch['image'], jax.random.fold_in(rng, 1)))
+    return jax.lax.pmean(metrics, self.axis_name)
+
+  def bits_per_dim(self, params: Any, x0: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+    """The variational bound -log p(x_0) <= L_T + sum_{t>1} L_{t-1} + L_0 of Ho et al., in bits/dim.
+
+    L_T = KL(q(x_T|x_0) || N(0, I)); L_{t-1} = KL(q(x_{t-1}|x_t, x_0) || p(x_{t-1}|x_t)) with
+    the sampler's clipped x_0 prediction and fixed-large variance, at one x_t ~ q(x_t|x_0) per
+    image and t; L_0 = -log p(x_0|x_1) under the discretized Gaussian decoder. Every
+    timestep is visited (one network call each, in a scan); noise is keyed by the example's
+    global index, as in training, so the result does not depend on the device split.
+    """
+    s = self.schedule
+    B, T = x0.shape[0], s.num_timesteps
+    idx = jax.lax.axis_index(self.axis_name) * B + jnp.arange(B)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, idx)
+    log2_dims = np.log(2.0) * np.prod(x0.shape[1:])
+
+    def per_image(a):
+      return jnp.sum(a, axis=tuple(range(1, a.ndim))) / log2_dims
+
+    def term(t):
+      t_B = jnp.full((B,), t, jnp.int32)
+      noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), x0.shape[1:]))(keys)
+      xt = q_sample(s, x0, t_B, noise)
+      x0_hat = jnp.clip(predict_x0(s, xt, t_B, self.model.apply({'params': params}, xt, t_B, train=False)),
+                        -1.0, 1.0)
+      model_mean, _ = q_posterior(s, x0_hat, xt, t_B)
+      model_logvar = s.fixed_large_log_variance[t]
+      true_mean, true_var = q_posterior(s, x0, xt, t_B)
+      kl = per_image(normal_kl(true_mean, jnp.log(true_var), model_mean, model_logvar))
+      nll = -per_image(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar))
+      return jnp.where(t == 0, nll, kl)
+
+    terms_TB = jax.lax.map(term, jnp.arange(T))
+    abar_T = s.alphas_cumprod[-1]
+    prior_B = per_image(normal_kl(jnp.sqrt(abar_T) * x0, jnp.log(1.0 - abar_T), 0.0, 0.0))
+    return {'bits_per_dim': jnp.mean(prior_B + jnp.sum(terms_TB, axis=0)),
+            'bpd_prior': jnp.mean(prior_B), 'bpd_decoder': jnp.mean(terms_TB[0])}
 
   def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
     """The batch-averaged loss is the final metric."""
