@@ -23,6 +23,11 @@ def _explain_bad_override(argv: list[str], error: Exception) -> str:
     config = cf._LoadConfigModule('config', path).get_config()  # pylint: disable=protected-access
   except Exception as e:  # pylint: disable=broad-except
     return f'cannot load --config={path!r}: {" ".join(str(e).split())}'
+  return unknown_key(config, argv) or f'bad --config override: {type(error).__name__}: {" ".join(str(error).split())}'
+
+
+def unknown_key(config: ml_collections.ConfigDict, argv: list[str]) -> str | None:
+  """A one-line error for the first --config.KEY override that names no key of `config`, else None."""
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
@@ -34,7 +39,7 @@ def _explain_bad_override(argv: list[str], error: Exception) -> str:
         known = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '(not a section)'
         return f'unknown config key --config.{key}: {parent} has {known}'
       node = node[part]
-  return f'bad --config override: {type(error).__name__}: {" ".join(str(error).split())}'
+  return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.image_folder = ''      # if set: a tfds.ImageFolder root (<split>/<class>/<image>) used instead of TFDS
   data.npz_path = ''          # if set: an .npz with `images` uint8 [N,H,W(,C)] (and `labels`) used instead
   data.npz_holdout = 0        # data.npz_path: its last this many examples are 'test', the rest 'train'
+  data.pad = 0                # pixels of value 0 added on every side after loading (MNIST 28 -> 32: 2)
   data.binarize = 0.0         # > 0: pixels >= this fraction of 255 become 255, the rest 0
   data.tfds_data_dir = ''     # TFDS data_dir ('' = TFDS's default, ~/tensorflow_datasets)
   data.train_split = 'train'
@@ -42,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.checkpoint_every = 10_000
   training.keep_checkpoints = 3
   training.sample_every = 50_000  # 0: no samples during training
+  training.eval_every = 0         # held-out metrics (and sample quality) during training; 0: never
   training.ema_rate = 0.9999
 
   config.sample = sample = ml_collections.ConfigDict()
@@ -50,4 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 256
   ev.num_batches = 0           # 0: the whole eval split
+  ev.num_samples = 0           # image methods: samples judged by FID/IS/KID at --mode=eval (0: none)
+  ev.num_samples_in_training = 0  # the same at every training.eval_every steps (a smaller, faster proxy)
+  ev.sample_batch = 500        # samples drawn per sampler call while collecting them
+  ev.feature_net = ''          # classifier feature network ('digits', 'mnist', 'cifar10'); '' = data.name
+  ev.inception_weights = ''    # pt_inception-2015-12-05-6726825d.pth (or its cached .npz); '' = the cache
+  ev.reference_split = ''      # real images the samples are compared with; '' = data.train_split
   return config

@@ -93,6 +93,23 @@ def test_binarize_maps_pixels_to_0_or_255(tmp_path):
   assert set(np.unique(x)) == {0, 255} and (x == 255).sum() == ((np.arange(175) >= 127.5).sum())
 
 
+def test_pad_surrounds_images_with_zeros(tmp_path):
+  x = np.arange(1, 251, dtype=np.uint8).reshape(10, 5, 5)
+  np.savez(tmp_path / 'd.npz', images=x)
+  cfg = _npz_cfg(tmp_path / 'd.npz', size=9)
+  cfg.pad = 2
+  padded, _ = images.load(cfg, 'train')
+  assert padded.shape == (7, 9, 9, 1)
+  np.testing.assert_array_equal(padded[:, 2:-2, 2:-2, 0], x[:7])
+  assert padded.sum() == x[:7].astype(int).sum()  # the border is all zeros
+  cfg.image_size = 5
+  with pytest.raises(UserError, match=r'padded by data.pad=2 has images of shape \(9, 9, 1\)'):
+    images.load(cfg, 'train')
+  cfg.pad = -1
+  with pytest.raises(UserError, match='data.pad=-1 must be >= 0'):
+    images.load(cfg, 'train')
+
+
 def test_idx_files_convert_to_the_npz_source(tmp_path):
   import gzip
   from aigc_jax.data import idx

@@ -4,8 +4,9 @@ Sources, first match wins: an `.npz` file (`data.npz_path`, keys `images` and op
 `labels`; its last `data.npz_holdout` examples are the 'test' split, the rest 'train'), a
 `tfds.ImageFolder` tree (`data.image_folder`, laid out as <split>/<class>/<image>),
 scikit-learn's 8x8 digits (`data.name='digits'`), or a TFDS data set (`data.name`, e.g.
-'cifar10', 'mnist'). `data.binarize` > 0 maps pixels to 0 or 255 at
-that threshold (a fraction of 255), for Bernoulli likelihoods.
+'cifar10', 'mnist'). `data.pad` > 0 adds that many pixels of value 0 on every side (MNIST's
+28x28 digits on their black background become 32x32 with 2). `data.binarize` > 0 maps pixels
+to 0 or 255 at that threshold (a fraction of 255), for Bernoulli likelihoods.
 """
 
 import os
@@ -118,6 +119,8 @@ def _tfds(name: str, split: str, data_dir: str) -> Labeled:
 
 def load(cfg: ml_collections.ConfigDict, split: str) -> Labeled:
   """Images of `split` as uint8 [N, H, W, C] (checked against data.image_size / data.channels) and labels."""
+  if cfg.pad < 0:
+    raise UserError(f'data.pad={cfg.pad} must be >= 0 (pixels of value 0 added on every side)')
   if cfg.npz_path:
     images, labels = _npz(cfg.npz_path, cfg.npz_holdout, split)
     source = f'data.npz_path={cfg.npz_path!r}'
@@ -132,6 +135,9 @@ def load(cfg: ml_collections.ConfigDict, split: str) -> Labeled:
     source = f'TFDS {cfg.name!r}'
   if len(images) == 0:
     raise UserError(f'{source} split {split!r} holds no images')
+  if cfg.pad:
+    source += f' padded by data.pad={cfg.pad}'
+    images = np.pad(images, ((0, 0), (cfg.pad, cfg.pad), (cfg.pad, cfg.pad), (0, 0)))
   want = (cfg.image_size, cfg.image_size, cfg.channels)
   if images.shape[1:] != want:
     raise UserError(f'{source} has images of shape {images.shape[1:]}, but the config says '

@@ -13,18 +13,24 @@ import jax
 import ml_collections
 
 from aigc_jax.errors import UserError
+from aigc_jax.methods import classifier
 from aigc_jax.methods import ddpm
+from aigc_jax.methods import gan
 from aigc_jax.methods import lm
+from aigc_jax.methods import vae
 from aigc_jax.train.state import TrainState
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 
-_REGISTRY = {'ddpm': ddpm.DDPM, 'lm': lm.LM}
+_REGISTRY = {'classifier': classifier.Classifier, 'ddpm': ddpm.DDPM, 'gan': gan.GAN, 'lm': lm.LM, 'vae': vae.VAE}
 
 
 class Method(Protocol):
   """What the training loop needs of a method, and nothing more."""
+
+  sample_examples: int
+  """Held-out examples `sample_from_examples` wants (0: none, so sampling loads no data)."""
 
   def init(self, rng: jax.Array) -> TrainState:
     """A fresh train state; shapes come from the config and data_info, so no data are needed."""
@@ -41,10 +47,17 @@ class Method(Protocol):
   def sample(self, state: TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
     """`num` samples on one device, as arrays (it runs under pmap)."""
 
-  def decode_samples(self, samples: dict[str, Any]) -> dict[str, Any]:
-    """Host side: the gathered sample arrays as what `writers.write_samples` writes.
+  def sample_from_examples(self, state: TrainState, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    """What the model makes of the first `sample_examples` held-out examples (e.g. reconstructions).
 
-    {'images': uint8 [N, H, W, C]} for image methods, {'text': [N strings]} for text.
+    Called only when `sample_examples` > 0, with the whole batch on every device.
+    """
+
+  def decode_samples(self, samples: dict[str, Any]) -> dict[str, Any]:
+    """Host side: the gathered arrays of `sample` (and `sample_from_examples`) as what `writers.write_samples` writes.
+
+    {'images': uint8 [N, H, W, C]} for image methods, with optionally more uint8 image arrays
+    under other names ([N, H, W, C], or laid out as [rows, cols, H, W, C]); {'text': [N strings]} for text.
     """
 
 

@@ -8,10 +8,11 @@ which method it runs.
 import math
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 from aigc_jax import data
 from aigc_jax import methods
@@ -40,12 +41,13 @@ def validate(config: ml_collections.ConfigDict, devs: parallel.Devices) -> None:
   for key in ('num_train_steps', 'log_every', 'checkpoint_every', 'steps_per_call', 'keep_checkpoints'):
     if t[key] <= 0:
       raise UserError(f'training.{key}={t[key]} must be positive')
-  for key in ('log_every', 'checkpoint_every', 'sample_every'):
+  for key in ('log_every', 'checkpoint_every', 'sample_every', 'eval_every'):
     if t[key] % t.steps_per_call:
       raise UserError(f'training.{key}={t[key]} must be a multiple of training.steps_per_call='
                       f'{t.steps_per_call}: change one of them')
-  if t.sample_every < 0:
-    raise UserError(f'training.sample_every={t.sample_every} must be >= 0 (0: no samples during training)')
+  for key in ('sample_every', 'eval_every'):
+    if t[key] < 0:
+      raise UserError(f'training.{key}={t[key]} must be >= 0 (0: never during training)')
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: str,
@@ -79,6 +81,33 @@ def _restore_latest(ckpts: checkpoint.Checkpoints, state: Any, workdir: str) -> 
   if restored is None:
     raise UserError(f'no checkpoint in {workdir}/checkpoints: train first (--mode=train)')
   return restored
+
+
+def _held_out_examples(config: ml_collections.ConfigDict, method: methods.Method,
+                       data_info: dict[str, Any]) -> dict[str, Any] | None:
+  """The first `method.sample_examples` examples of the eval split, the same whole batch in every process.
+
+  None when the method's sampler wants none, so that sampling then loads no data.
+  """
+  n = method.sample_examples
+  if not n:
+    return None
+  ds = data.create(config.data, config.data.eval_split, n, seed=config.seed, process_index=0, process_count=1,
+                   local_devices=1, train=False, data_info=data_info or None)
+  if not len(ds):
+    raise UserError(f'the sampler wants {n} held-out examples, but data.eval_split='
+                    f'{config.data.eval_split!r} holds fewer: lower the number in the sample settings')
+  return {k: v[0] for k, v in ds.batch(0).items()}
+
+
+def _sampler(method: methods.Method, devs: parallel.Devices, num: int,
+             examples: dict[str, Any] | None) -> Callable:
+  """(state, rng) -> `num` samples, plus what the method makes of the held-out `examples` if any."""
+  draw = parallel.sampler(method.sample, devs, num)
+  if examples is None:
+    return draw
+  from_examples = parallel.on_every_device(method.sample_from_examples, devs)
+  return lambda state, rng: {**draw(state, rng), **from_examples(state, examples, jax.random.fold_in(rng, 1))}
 
 
 def _write_samples(workdir: str, step: int, outputs: dict[str, Any], overwrite: bool = True) -> list[str]:
@@ -121,7 +150,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
        f' of {t.num_train_steps}')
 
   p_train = parallel.train_step(method.train_step, devs, t.steps_per_call)
-  p_sample = parallel.sampler(method.sample, devs, config.sample.num) if t.sample_every else None
+  eval_ds = _eval_data(config, devs, ds.info) if t.eval_every else None
+  p_eval = parallel.eval_step(method.eval_step, devs) if t.eval_every else None
+  n_quality = config.eval.num_samples_in_training if t.eval_every else 0
+  quality_sampler = _quality_sampler(config, method, devs, n_quality) if n_quality > 0 else None
+  p_sample = (_sampler(method, devs, config.sample.num, _held_out_examples(config, method, ds.info))
+              if t.sample_every else None)
   start_step, start_time = step, time.time()
   last_step, last_time = step, start_time
   try:
@@ -150,6 +184,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if do_ckpt:
         ckpts.save(step, state, ds.info)
         last_ckpt = step
+      if eval_ds is not None and (step % t.eval_every == 0 or done):
+        eval_start = time.time()
+        scores = _held_out_metrics(config, method, state, p_eval, eval_ds)
+        if quality_sampler:
+          scores.update(_sample_quality(config, method, state, devs, n_quality, quality_sampler))
+        scores = {f'eval/{k}': v for k, v in scores.items()}
+        if writer:
+          writer.write(step, scores)
+        _say(f'eval at step {step}: ' + ', '.join(f'{k} {v:.5g}' for k, v in scores.items()))
+        last_time += time.time() - eval_start  # steps/s and ETA count training time only
       if p_sample and step % t.sample_every == 0:
         sample_start = time.time()
         samples = p_sample(state, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step))
@@ -169,16 +213,18 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
            devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
   """Draws `config.sample.num` samples from the newest checkpoint's EMA params into samples/.
 
-  Needs no data: what the model must know of it comes with the checkpoint. Returns the
-  decoded samples (`Method.decode_samples`).
+  Needs no data (what the model must know of it comes with the checkpoint) unless the
+  method's sampler wants held-out examples (`Method.sample_examples`). Returns the decoded
+  samples (`Method.decode_samples`).
   """
   devs, ckpts = _setup(config, workdir, devices)
-  method, state = _init(config, _checkpointed_data_info(ckpts, workdir))
+  data_info = _checkpointed_data_info(ckpts, workdir)
+  method, state = _init(config, data_info)
   state = _restore_latest(ckpts, state, workdir)
   step = int(state.step)
   start = time.time()
-  outputs = method.decode_samples(parallel.sampler(method.sample, devs, config.sample.num)(
-      state, jax.random.PRNGKey(config.seed + 2)))
+  draw = _sampler(method, devs, config.sample.num, _held_out_examples(config, method, data_info))
+  outputs = method.decode_samples(draw(state, jax.random.PRNGKey(config.seed + 2)))
   if devs.process_index == 0:
     paths = _write_samples(workdir, step, outputs, overwrite=False)  # keep the training-time samples
     _say(f'{len(next(iter(outputs.values())))} samples from step {step} '
@@ -187,32 +233,75 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   return outputs
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
-  """The method's held-out metrics of the newest checkpoint, written to eval_<step>.json."""
-  devs, ckpts = _setup(config, workdir, devices)
+def _held_out_metrics(config: ml_collections.ConfigDict, method: methods.Method, state: Any,
+                      p_eval: Callable, ds: Any) -> dict[str, float]:
+  """The method's eval_step metrics (p_eval, mapped) averaged over `eval.num_batches` batches (0: all) of `ds`."""
   e = config.eval
-  parallel.check_batch(e.batch_size, devs, key='eval.batch_size')
-  ds = data.create(config.data, config.data.eval_split, e.batch_size, seed=config.seed,
-                   process_index=devs.process_index, process_count=devs.process_count,
-                   local_devices=len(devs.local), train=False,
-                   data_info=_checkpointed_data_info(ckpts, workdir) or None)
-  method, state = _init(config, ds.info)
-  state = _restore_latest(ckpts, state, workdir)
-  step = int(state.step)
   num_batches = min(len(ds), e.num_batches) if e.num_batches > 0 else len(ds)
   if num_batches == 0:
     raise UserError(f'eval.batch_size={e.batch_size} is larger than the {config.data.eval_split!r} split')
-  p_eval = parallel.eval_step(method.eval_step, devs)
   rng = jax.random.PRNGKey(config.seed + 3)
   totals: dict[str, float] = {}
   for i in range(num_batches):
     for k, v in p_eval(state, ds.batch(i), jax.random.fold_in(rng, i)).items():
       totals[k] = totals.get(k, 0.0) + float(v) / num_batches
-  result = {'step': step, 'num_examples': num_batches * e.batch_size,
-            **{f'eval/{k}': v for k, v in method.eval_summary(totals).items()}}
+  return {'num_examples': num_batches * e.batch_size, **method.eval_summary(totals)}
+
+
+def _quality_sampler(config: ml_collections.ConfigDict, method: methods.Method, devs: parallel.Devices,
+                     num: int) -> tuple[Callable, int]:
+  """The sampler `_sample_quality` draws `num` samples with, and the samples per call."""
+  per_call = min(num, config.eval.sample_batch)
+  return parallel.sampler(method.sample, devs, per_call), per_call
+
+
+def _sample_quality(config: ml_collections.ConfigDict, method: methods.Method, state: Any,
+                    devs: parallel.Devices, num: int, sampler: tuple[Callable, int]) -> dict[str, float]:
+  """FID / IS / KID of `num` samples under every feature network at hand; {} for non-image samples.
+
+  Samples are drawn by `sampler` (`_quality_sampler`) with keys of their own, apart from the
+  training-time samples' keys.
+  """
+  from aigc_jax.evaluation import sample_quality
+  draw, per_call = sampler
+  rng = jax.random.PRNGKey(config.seed + 4)
+  chunks = [method.decode_samples(draw(state, jax.random.fold_in(rng, i)))
+            for i in range(-(-num // per_call))]
+  if 'images' not in chunks[0]:
+    return {}
+  images = np.concatenate([c['images'] for c in chunks])[:num]
+  start = time.time()
+  result, missing = sample_quality.image_metrics(config, images, devs)
+  for why in missing:
+    _say(f'sample quality: left out: {why}')
+  _say(f'sample quality of {len(images)} samples in {_format_duration(time.time() - start)}: '
+       + ', '.join(f'{k} {v:.4g}' for k, v in result.items()))
+  return {'num_samples': len(images), **result}
+
+
+def _eval_data(config: ml_collections.ConfigDict, devs: parallel.Devices, data_info: dict[str, Any]) -> Any:
+  parallel.check_batch(config.eval.batch_size, devs, key='eval.batch_size')
+  return data.create(config.data, config.data.eval_split, config.eval.batch_size, seed=config.seed,
+                     process_index=devs.process_index, process_count=devs.process_count,
+                     local_devices=len(devs.local), train=False, data_info=data_info or None)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """The newest checkpoint's held-out metrics (and, with eval.num_samples, sample quality) to eval_<step>.json."""
+  devs, ckpts = _setup(config, workdir, devices)
+  ds = _eval_data(config, devs, _checkpointed_data_info(ckpts, workdir))
+  method, state = _init(config, ds.info)
+  state = _restore_latest(ckpts, state, workdir)
+  ckpts.close()
+  step = int(state.step)
+  metrics = _held_out_metrics(config, method, state, parallel.eval_step(method.eval_step, devs), ds)
+  n = config.eval.num_samples
+  if n > 0:
+    metrics.update(_sample_quality(config, method, state, devs, n, _quality_sampler(config, method, devs, n)))
+  result = {'step': step, **{k if k.startswith('num_') else f'eval/{k}': v for k, v in metrics.items()}}
   if devs.process_index == 0:
     writers.write_json(os.path.join(workdir, f'eval_{step}.json'), result)
+    writers.write_tensorboard(workdir, step, {k: v for k, v in result.items() if k.startswith('eval/')})
     _say(f'eval at step {step}: {result}')
-  ckpts.close()
   return result

@@ -2,7 +2,9 @@
 
 The file contracts (../shared/DESIGN.md) are kept here in one place:
   metrics.jsonl          one JSON object per logged step: {"step": int, "<name>": float, ...}
-  samples/step_<N>.npz   key 'images': uint8 [N, H, W, C]; step_<N>.png, a grid of the same
+  samples/step_<N>.npz   key 'images': uint8 [N, H, W, C]; step_<N>.png, a grid of the same;
+                         other image arrays a method adds (e.g. 'reconstructions') in the same
+                         .npz, each also as a grid step_<N>_<name>.png
                          (--mode=sample never overwrites: later draws are step_<N>_<k>.*)
   samples/step_<N>.txt   generated text: the samples one after another, each ended by a line of dashes
   eval_<N>.json          the metrics of --mode=eval at checkpoint step N
@@ -81,13 +83,29 @@ class MetricsWriter:
     self.tensorboard.close()
 
 
-def image_grid(images_NHWC: np.ndarray, min_cell: int = 64) -> np.ndarray:
-  """Tiles uint8 images into one near-square grid, enlarged (nearest) so cells are >= `min_cell` px."""
-  n, h, w, c = images_NHWC.shape
+def write_tensorboard(workdir: str, step: int, scalars: Mapping[str, float]) -> None:
+  """Scalars into the run's TensorBoard only (--mode=eval: metrics.jsonl belongs to training)."""
+  tf_cpu.tensorflow()
+  from clu import metric_writers
+  writer = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+  writer.close()
+
+
+def image_grid(images: np.ndarray, min_cell: int = 64) -> np.ndarray:
+  """Tiles uint8 images into one grid, enlarged (nearest) so cells are >= `min_cell` px.
+
+  [N, H, W, C] go on a near-square grid; [rows, cols, H, W, C] keep that layout.
+  """
+  if images.ndim == 5:
+    rows, cols = images.shape[:2]
+    images = images.reshape((-1,) + images.shape[2:])
+  else:
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+  n, h, w, c = images.shape
   scale = max(1, -(-min_cell // h))
-  x = images_NHWC.repeat(scale, axis=1).repeat(scale, axis=2)
-  cols = math.ceil(math.sqrt(n))
-  rows = math.ceil(n / cols)
+  x = images.repeat(scale, axis=1).repeat(scale, axis=2)
   pad = 2
   H, W = h * scale + pad, w * scale + pad
   grid = np.full((rows * H + pad, cols * W + pad, c), 255, np.uint8)
@@ -105,9 +123,11 @@ def text_document(texts: Sequence[str]) -> str:
 def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite: bool = True) -> list[str]:
   """Writes a method's decoded samples into samples/; returns the paths.
 
-  {'images': uint8 [N, H, W, C]} becomes step_<N>.npz and .png; {'text': [N strings]}
-  becomes step_<N>.txt. With `overwrite=False` (--mode=sample) existing samples of the
-  same step are kept and the new ones are named step_<N>_<k> with the first free k.
+  {'images': uint8 [N, H, W, C]} becomes step_<N>.npz and .png; any other image array
+  (uint8 [N, H, W, C] or [rows, cols, H, W, C]) goes into the same .npz and a grid
+  step_<N>_<name>.png; {'text': [N strings]} becomes step_<N>.txt. With `overwrite=False`
+  (--mode=sample) existing samples of the same step are kept and the new ones are named
+  step_<N>_<k> with the first free k.
   """
   folder = os.path.join(workdir, 'samples')
   os.makedirs(folder, exist_ok=True)
@@ -118,12 +138,15 @@ def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite
   base = os.path.join(folder, name)
   paths = []
   if 'images' in samples:
-    images = np.asarray(samples['images'])
-    np.savez(base + '.tmp.npz', images=images)
+    arrays = {k: np.asarray(v) for k, v in samples.items() if k != 'text'}
+    np.savez(base + '.tmp.npz', **arrays)
     os.replace(base + '.tmp.npz', base + '.npz')
-    grid = image_grid(images)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(base + '.png')
-    paths += [base + '.npz', base + '.png']
+    paths.append(base + '.npz')
+    for key, images in arrays.items():
+      png = base + ('.png' if key == 'images' else f'_{key}.png')
+      grid = image_grid(images)
+      Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(png)
+      paths.append(png)
   if 'text' in samples:
     with open(base + '.txt.tmp', 'w', encoding='utf-8') as f:
       f.write(text_document(samples['text']))

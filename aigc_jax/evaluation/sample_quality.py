@@ -1,0 +1,150 @@
+"""How good generated images are: FID, Inception Score and KID under every feature network at hand.
+
+Two kinds of feature network: the FID Inception (pytorch-fid's weights; used when
+`eval.inception_weights` or the cache holds them, or they can be downloaded) and the
+project's own classifier of the data set (`python -m aigc_jax.evaluation.feature_net`),
+which needs no download. Every metric is named after the network it used — `fid_inception`,
+`fid_classifier_mnist` — because FIDs from different networks are not comparable. The real
+side of each comparison (feature mean, covariance and up to `MAX_REFERENCE_FEATURES`
+features for KID) is computed once per data source, split and network and cached under
+<cache>/reference_stats/.
+"""
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable
+
+import ml_collections
+import numpy as np
+
+from aigc_jax.data import images as images_lib
+from aigc_jax.errors import UserError
+from aigc_jax.evaluation import feature_net
+from aigc_jax.evaluation import features as features_lib
+from aigc_jax.evaluation import inception
+from aigc_jax.evaluation import metrics
+from aigc_jax.train import parallel
+
+MAX_REFERENCE_FEATURES = 10_000  # real features kept for KID
+INCEPTION_BATCH = 64             # images per call of the 299x299 network, rounded up to the devices
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """A feature network: `outputs(uint8 images [N, H, W, C]) -> (features [N, F], logits [N, K])`."""
+  name: str
+  outputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+  is_classifier: bool
+
+
+def _classifier_dataset(config: ml_collections.ConfigDict) -> str:
+  """The data set whose classifier judges this config's images: eval.feature_net, else data.name."""
+  return config.eval.feature_net or config.data.name
+
+
+def networks(config: ml_collections.ConfigDict, devs: parallel.Devices,
+             cache_dir: str | None = None) -> tuple[list[Network], list[str]]:
+  """The feature networks available for this config's images, and why each missing one is missing."""
+  found, missing = [], []
+  dataset = _classifier_dataset(config)
+  if dataset in feature_net.CONFIGS:
+    try:
+      net = feature_net.load(dataset, cache_dir, devs.local)
+      found.append(Network(net.name, lambda x, net=net: net.outputs(x)[::-1], True))
+    except UserError as e:
+      missing.append(str(e))
+  else:
+    missing.append(f'no classifier feature network for data.name={dataset!r} (there are '
+                   f'{sorted(feature_net.CONFIGS)}; set eval.feature_net to one that draws the same images)')
+  try:
+    variables = inception.load_inception(config.eval.inception_weights,
+                                         feature_net.cache_root(cache_dir))
+    model = inception.InceptionV3()
+    batch = -(-INCEPTION_BATCH // len(devs.local)) * len(devs.local)
+    found.append(Network('inception', lambda x: features_lib.extract(
+        lambda v, b: model.apply(v, b), variables, x, batch, devs), False))
+  except UserError as e:
+    missing.append(str(e))
+  return found, missing
+
+
+def _reference_path(net: Network, config: ml_collections.ConfigDict, split: str,
+                    cache_dir: str | None) -> tuple[str, str]:
+  """Where the reference statistics of (data source, split, network) are cached, and that key in words."""
+  d = config.data
+  source = (f'npz {os.path.abspath(d.npz_path)} holdout {d.npz_holdout}' if d.npz_path else
+            f'image folder {os.path.abspath(d.image_folder)}' if d.image_folder else f'{d.name}')
+  if d.get('binarize', 0.0) > 0:
+    source += f' binarized at {d.binarize}'
+  key = f'{source} | split {split} | {net.name}'
+  digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+  return os.path.join(feature_net.cache_root(cache_dir), 'reference_stats', net.name, digest + '.npz'), key
+
+
+def reference(net: Network, config: ml_collections.ConfigDict, split: str,
+              cache_dir: str | None = None) -> dict[str, np.ndarray]:
+  """{'mu', 'sigma', 'features'} of the real images of `split`, from the cache or computed and cached."""
+  path, key = _reference_path(net, config, split, cache_dir)
+  if os.path.isfile(path):
+    with np.load(path) as f:
+      if str(f['key']) == key:
+        return {k: f[k] for k in ('mu', 'sigma', 'features')}
+  real, _ = images_lib.load(config.data, split)
+  feats, _ = net.outputs(real)
+  mu, sigma = metrics.feature_stats(feats)
+  keep = np.random.default_rng(0).permutation(len(feats))[:MAX_REFERENCE_FEATURES]
+  ref = {'mu': mu, 'sigma': sigma, 'features': feats[np.sort(keep)].astype(np.float32)}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(path + '.tmp.npz', key=key, num_images=len(real), **ref)
+  os.replace(path + '.tmp.npz', path)
+  return ref
+
+
+def classifier_summary(logits_NK: np.ndarray) -> dict[str, float]:
+  """Mean top-class probability, and the entropy (nats) of how often each class is the top one.
+
+  Entropy log K means every class is drawn equally often; near 0, one class only (mode collapse).
+  """
+  p_NK = np.exp(logits_NK - logits_NK.max(1, keepdims=True))
+  p_NK /= p_NK.sum(1, keepdims=True)
+  share_K = np.bincount(p_NK.argmax(1), minlength=p_NK.shape[1]) / len(p_NK)
+  nz = share_K[share_K > 0]
+  return {'confidence': float(p_NK.max(1).mean()), 'class_entropy': abs(float((nz * np.log(nz)).sum()))}
+
+
+def image_metrics(config: ml_collections.ConfigDict, images_NHWC: np.ndarray, devs: parallel.Devices,
+                  cache_dir: str | None = None,
+                  nets: list[Network] | None = None) -> tuple[dict[str, float], list[str]]:
+  """FID / IS / KID (and, for classifiers, confidence and class entropy) of uint8 samples.
+
+  Compared with the real images of `eval.reference_split`. Returns the metrics and the
+  reasons any feature network was left out; with no network at all, a UserError saying how
+  to get one.
+  """
+  missing = []
+  if nets is None:
+    nets, missing = networks(config, devs, cache_dir)
+  if not nets:
+    raise UserError('no feature network to judge samples with: ' + '; '.join(missing))
+  split = config.eval.reference_split or config.data.train_split
+  result = {}
+  for net in nets:
+    ref = reference(net, config, split, cache_dir)
+    feats, logits = net.outputs(np.asarray(images_NHWC))
+    mu, sigma = metrics.feature_stats(feats)
+    result[f'fid_{net.name}'] = metrics.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
+    result[f'is_{net.name}'], result[f'is_{net.name}_std'] = metrics.inception_score(
+        logits, splits=min(10, len(logits)))
+    result[f'kid_{net.name}'], result[f'kid_{net.name}_std'] = metrics.kernel_inception_distance(
+        feats, ref['features'], subset_size=min(1000, len(feats), len(ref['features'])))
+    if net.is_classifier:
+      result.update({f'{k}_{net.name}': v for k, v in classifier_summary(logits).items()})
+  return result, missing
+
+
+def describe(config: ml_collections.ConfigDict, nets: list[Network]) -> str:
+  """One line: which networks judged the samples, against which real split."""
+  split = config.eval.reference_split or config.data.train_split
+  return f'sample quality by {", ".join(n.name for n in nets)} against the real {split!r} split'
+

@@ -1,0 +1,103 @@
+"""Sample quality at eval: FID / IS / KID under the classifier feature network, cached reference
+statistics, and --mode=eval / periodic eval writing them beside bits/dim."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from aigc_jax.data import images
+from aigc_jax.errors import UserError
+from aigc_jax.evaluation import feature_net
+from aigc_jax.evaluation import inception
+from aigc_jax.evaluation import sample_quality
+from aigc_jax.train import loop
+from aigc_jax.train import parallel
+from tests.conftest import shrink_training
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+  """A tiny digits classifier feature network, trained once with the one loop."""
+  from configs import classifier_digits
+  config = shrink_training(classifier_digits.get_config())
+  config.model.update({'widths': (16, 32), 'features': 32, 'num_groups': 4, 'dropout': 0.0})
+  config.training.update({'num_train_steps': 60, 'checkpoint_every': 60, 'log_every': 60, 'batch_size': 64,
+                          'sample_every': 0, 'ema_rate': 0.5})
+  config.optim.update({'lr': 3e-3, 'warmup_steps': 10, 'schedule': 'constant'})
+  cache = str(tmp_path_factory.mktemp('cache'))
+  feature_net.train('digits', config, cache)
+  return cache
+
+
+@pytest.fixture(autouse=True)
+def offline_inception(monkeypatch):
+  """No test downloads the 100 MB Inception weights, even on a machine with network."""
+  monkeypatch.setattr(inception, 'network_up', lambda host: False)
+
+
+def _ddpm_digits():
+  from configs import ddpm_digits
+  return ddpm_digits.get_config()
+
+
+def test_classifier_summary_measures_confidence_and_class_spread():
+  one_class = np.tile([[9.0] + [0.0] * 9], (100, 1))
+  assert sample_quality.classifier_summary(one_class)['class_entropy'] == 0.0
+  assert sample_quality.classifier_summary(one_class)['confidence'] > 0.99
+  ten = np.eye(10)[np.arange(100) % 10] * 20.0
+  np.testing.assert_allclose(sample_quality.classifier_summary(ten)['class_entropy'], np.log(10))
+
+
+def test_real_digits_score_far_better_than_noise_or_one_repeated_image(cache_dir):
+  config = _ddpm_digits()
+  devs = parallel.devices()
+  real, _ = images.load(config.data, 'test')
+  noise = np.random.default_rng(0).integers(0, 256, real.shape, dtype=np.uint8)
+  repeated = np.repeat(real[:1], len(real), axis=0)
+  scores = {name: sample_quality.image_metrics(config, x, devs, cache_dir)[0]
+            for name, x in (('real', real), ('noise', noise), ('repeated', repeated))}
+  fid = {k: v['fid_classifier_digits'] for k, v in scores.items()}
+  assert fid['real'] < 0.2 * min(fid['noise'], fid['repeated']), fid
+  assert scores['real']['kid_classifier_digits'] < scores['noise']['kid_classifier_digits']
+  assert scores['real']['class_entropy_classifier_digits'] > 2.0  # the test digits cover all ten classes
+  assert scores['repeated']['class_entropy_classifier_digits'] == 0.0
+  assert scores['real']['is_classifier_digits'] > scores['repeated']['is_classifier_digits']
+
+
+def test_reference_statistics_are_computed_once_then_read_from_the_cache(cache_dir, monkeypatch):
+  config = _ddpm_digits()
+  devs = parallel.devices()
+  real, _ = images.load(config.data, 'test')
+  first, missing = sample_quality.image_metrics(config, real[:50], devs, cache_dir)
+  assert any('pt_inception-2015-12-05' in why for why in missing)  # offline: no Inception, said why
+
+  def no_data(*args):
+    raise AssertionError('the real images were read again')
+  monkeypatch.setattr(images, 'load', no_data)
+  again, _ = sample_quality.image_metrics(config, real[:50], devs, cache_dir)
+  assert again['fid_classifier_digits'] == first['fid_classifier_digits']
+
+
+def test_no_feature_network_at_all_is_a_clear_error(tmp_path):
+  with pytest.raises(UserError, match=r'no feature network .*feature_net --dataset=digits.*pt_inception'):
+    sample_quality.image_metrics(_ddpm_digits(), np.zeros((4, 8, 8, 1), np.uint8), parallel.devices(),
+                                 str(tmp_path))
+
+
+def test_eval_mode_and_periodic_eval_report_fid_and_bits_per_dim(cache_dir, tiny_config, tmp_path, monkeypatch):
+  monkeypatch.setenv(feature_net.CACHE_ENV, cache_dir)
+  tiny_config.training.eval_every = tiny_config.training.num_train_steps
+  tiny_config.eval.num_samples = 24
+  tiny_config.eval.num_samples_in_training = 12
+  tiny_config.eval.sample_batch = 8
+  loop.train(tiny_config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  during = [r for r in rows if 'eval/fid_classifier_digits' in r]
+  assert len(during) == 1 and during[0]['eval/num_samples'] == 12 and np.isfinite(during[0]['eval/bits_per_dim'])
+  result = loop.evaluate(tiny_config, str(tmp_path))
+  step = tiny_config.training.num_train_steps
+  assert json.load(open(tmp_path / f'eval_{step}.json')) == pytest.approx(result)
+  assert result['num_samples'] == 24 and result['eval/fid_classifier_digits'] > 0
+  assert 0 < result['eval/bits_per_dim'] and 'eval/is_classifier_digits' in result
