@@ -91,7 +91,7 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any]:
                    process_index=devs.process_index, process_count=devs.process_count,
                    local_devices=len(devs.local), train=True)
   method = methods.get_method(config, parallel.AXIS, ds.info)
-  return devs, ds, method, jax.jit(method.init)(jax.random.PRNGKey(config.seed))
+  return devs, ds, method, parallel.replicate(jax.jit(method.init)(jax.random.PRNGKey(config.seed)), devs)
 
 
 def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:

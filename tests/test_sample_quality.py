@@ -80,6 +80,16 @@ def test_reference_statistics_are_computed_once_then_read_from_the_cache(cache_d
   assert again['fid_classifier_digits'] == first['fid_classifier_digits']
 
 
+def test_padded_samples_are_judged_without_their_border(cache_dir):
+  config = _ddpm_digits()
+  devs = parallel.devices()
+  real, _ = images.load(config.data, 'test')
+  plain, _ = sample_quality.image_metrics(config, real, devs, cache_dir)
+  config.data.pad, config.data.image_size = 2, 12
+  padded, _ = sample_quality.image_metrics(config, np.pad(real, ((0, 0), (2, 2), (2, 2), (0, 0))), devs, cache_dir)
+  assert padded == plain
+
+
 def test_no_feature_network_at_all_is_a_clear_error(tmp_path):
   with pytest.raises(UserError, match=r'no feature network .*feature_net --dataset=digits.*pt_inception'):
     sample_quality.image_metrics(_ddpm_digits(), np.zeros((4, 8, 8, 1), np.uint8), parallel.devices(),

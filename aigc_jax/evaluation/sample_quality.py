@@ -69,10 +69,18 @@ def networks(config: ml_collections.ConfigDict, devs: parallel.Devices,
   return found, missing
 
 
-def _reference_path(net: Network, config: ml_collections.ConfigDict, split: str,
+def unpadded(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The data config without `data.pad`: the images as the data set (and its classifier) has them."""
+  if not d.pad:
+    return d
+  d = ml_collections.ConfigDict(d.to_dict())
+  d.image_size, d.pad = d.image_size - 2 * d.pad, 0
+  return d
+
+
+def _reference_path(net: Network, d: ml_collections.ConfigDict, split: str,
                     cache_dir: str | None) -> tuple[str, str]:
   """Where the reference statistics of (data source, split, network) are cached, and that key in words."""
-  d = config.data
   source = (f'npz {os.path.abspath(d.npz_path)} holdout {d.npz_holdout}' if d.npz_path else
             f'image folder {os.path.abspath(d.image_folder)}' if d.image_folder else f'{d.name}')
   if d.get('binarize', 0.0) > 0:
@@ -82,15 +90,15 @@ def _reference_path(net: Network, config: ml_collections.ConfigDict, split: str,
   return os.path.join(feature_net.cache_root(cache_dir), 'reference_stats', net.name, digest + '.npz'), key
 
 
-def reference(net: Network, config: ml_collections.ConfigDict, split: str,
+def reference(net: Network, d: ml_collections.ConfigDict, split: str,
               cache_dir: str | None = None) -> dict[str, np.ndarray]:
-  """{'mu', 'sigma', 'features'} of the real images of `split`, from the cache or computed and cached."""
-  path, key = _reference_path(net, config, split, cache_dir)
+  """{'mu', 'sigma', 'features'} of the real images of `split` of data config `d`, cached."""
+  path, key = _reference_path(net, d, split, cache_dir)
   if os.path.isfile(path):
     with np.load(path) as f:
       if str(f['key']) == key:
         return {k: f[k] for k in ('mu', 'sigma', 'features')}
-  real, _ = images_lib.load(config.data, split)
+  real, _ = images_lib.load(d, split)
   feats, _ = net.outputs(real)
   mu, sigma = metrics.feature_stats(feats)
   keep = np.random.default_rng(0).permutation(len(feats))[:MAX_REFERENCE_FEATURES]
@@ -118,7 +126,8 @@ def image_metrics(config: ml_collections.ConfigDict, images_NHWC: np.ndarray, de
                   nets: list[Network] | None = None) -> tuple[dict[str, float], list[str]]:
   """FID / IS / KID (and, for classifiers, confidence and class entropy) of uint8 samples.
 
-  Compared with the real images of `eval.reference_split`. Returns the metrics and the
+  Compared with the real images of `eval.reference_split`; with `data.pad` the samples lose
+  that border first, as the data set's images never had it. Returns the metrics and the
   reasons any feature network was left out; with no network at all, a UserError saying how
   to get one.
   """
@@ -128,10 +137,12 @@ def image_metrics(config: ml_collections.ConfigDict, images_NHWC: np.ndarray, de
   if not nets:
     raise UserError('no feature network to judge samples with: ' + '; '.join(missing))
   split = config.eval.reference_split or config.data.train_split
+  d, pad = unpadded(config.data), config.data.pad
+  images_NHWC = np.asarray(images_NHWC)[:, pad:images_NHWC.shape[1] - pad, pad:images_NHWC.shape[2] - pad]
   result = {}
   for net in nets:
-    ref = reference(net, config, split, cache_dir)
-    feats, logits = net.outputs(np.asarray(images_NHWC))
+    ref = reference(net, d, split, cache_dir)
+    feats, logits = net.outputs(images_NHWC)
     mu, sigma = metrics.feature_stats(feats)
     result[f'fid_{net.name}'] = metrics.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
     result[f'is_{net.name}'], result[f'is_{net.name}_std'] = metrics.inception_score(

@@ -136,8 +136,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                    local_devices=len(devs.local), train=True, data_info=ckpts.data_info() or None)
   method, state = _init(config, ds.info)
   restored = ckpts.restore(state)
-  if restored is not None:
-    state = restored
+  state = parallel.replicate(state if restored is None else restored, devs)
   step = int(state.step)
   last_ckpt = step if restored is not None else None
   writer = None

@@ -149,7 +149,15 @@ def forward(apply_fn: Callable, params: Any, devs: Devices) -> Callable:
   so the next call can be queued first.
   """
   mapped = jax.pmap(apply_fn, axis_name=AXIS, in_axes=(None, 0), devices=devs.local)
-  replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devs.local), (AXIS,)),
-                                          jax.sharding.PartitionSpec())
-  params = jax.device_put(params, replicated)
+  params = replicate(params, devs)
   return lambda x: mapped(params, x)
+
+
+def replicate(tree: Any, devs: Devices) -> Any:
+  """`tree` on every local device, laid out as the pmapped steps return the state (replicated).
+
+  A state fresh from init sits on one device; giving it the layout the step returns makes
+  the first call compile the same program as every later one, instead of a second one.
+  """
+  return jax.device_put(tree, jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devs.local), (AXIS,)),
+                                                         jax.sharding.PartitionSpec()))
