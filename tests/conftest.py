@@ -59,3 +59,15 @@ def needs_shared_data(name: str) -> pathlib.Path:
     pytest.skip(f'{path} is absent: the real data sets live in ../shared/data beside the project '
                 '(present on the project machines and in CI, not in a user clone)')
   return path
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fresh_jax_caches():
+  """Drops each test module's compiled programs afterwards.
+
+  XLA:CPU maps memory regions for every executable it keeps: a module leaves up to ~13k
+  mappings, so the whole suite in one process reached Linux's limit of 65,530
+  (vm.max_map_count) and the next compile died with a segfault.
+  """
+  yield
+  jax.clear_caches()
