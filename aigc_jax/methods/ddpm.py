@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from aigc_jax.errors import UserError
+from aigc_jax.methods import randomness
 from aigc_jax.models.unet import UNet
 from aigc_jax.train import optim
 from aigc_jax.train import state as state_lib
@@ -160,9 +161,7 @@ class DDPM:
     Keying by the example's position in the global batch makes the loss independent of
     how the batch is split over devices.
     """
-    B = x0.shape[0]
-    idx = jax.lax.axis_index(self.axis_name) * B + jnp.arange(B)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, idx)
+    keys = randomness.example_keys(rng, x0.shape[0], self.axis_name)
     t = jax.vmap(lambda k: jax.random.randint(k, (), 0, self.schedule.num_timesteps))(keys)
     noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0.shape[1:]))(keys)
     return q_sample(self.schedule, x0, t, noise), t, noise
@@ -205,8 +204,7 @@ class DDPM:
     """
     s = self.schedule
     B, T = x0.shape[0], s.num_timesteps
-    idx = jax.lax.axis_index(self.axis_name) * B + jnp.arange(B)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, idx)
+    keys = randomness.example_keys(rng, B, self.axis_name)
     log2_dims = np.log(2.0) * np.prod(x0.shape[1:])
 
     def per_image(a):

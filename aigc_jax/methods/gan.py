@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from aigc_jax.errors import UserError
+from aigc_jax.methods import randomness
 from aigc_jax.models import gan as gan_models
 from aigc_jax.train import optim
 from aigc_jax.train import state as state_lib
@@ -129,8 +130,7 @@ class GAN:
 
     So the draws, and with them the step, do not depend on how the batch is split over devices.
     """
-    idx = jax.lax.axis_index(self.axis_name) * B + jnp.arange(B)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, idx)
+    keys = randomness.example_keys(rng, B, self.axis_name)
     return jax.vmap(lambda k: jax.random.normal(k, (self.latents,)))(keys)
 
   def generate(self, params: Any, stats: Any, z_BZ: jax.Array, train: bool) -> tuple[jax.Array, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from aigc_jax.errors import UserError
+from aigc_jax.methods import randomness
 from aigc_jax.models import vae as vae_models
 from aigc_jax.train import optim
 from aigc_jax.train import state as state_lib
@@ -138,11 +139,6 @@ class VAE:
     params = self.model.init({'params': rng}, x, jnp.zeros((1, self.latents)))['params']
     return state_lib.create(params, self.tx, jax.random.fold_in(rng, 1))
 
-  def _example_keys(self, rng: jax.Array, B: int) -> jax.Array:
-    """One key per example from its index in the global batch, so no draw depends on the device split."""
-    idx = jax.lax.axis_index(self.axis_name) * B + jnp.arange(B)
-    return jax.vmap(jax.random.fold_in, (None, 0))(rng, idx)
-
   def log_likelihood(self, out_BHWO: jax.Array, x_BHWC: jax.Array) -> jax.Array:
     """log p(x|z) per example [B] from the decoder's output; x in [-1, 1] (binarized: -1 or 1)."""
     if self.likelihood == 'bernoulli':
@@ -199,7 +195,7 @@ class VAE:
   def train_step(self, state: state_lib.TrainState, batch: dict[str, Any],
                  rng: jax.Array) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
     x = batch['image']
-    keys_B = self._example_keys(rng, x.shape[0])
+    keys_B = randomness.example_keys(rng, x.shape[0], self.axis_name)
     beta = self._kl_weight(state.step)
 
     def loss_fn(params):
@@ -219,7 +215,7 @@ class VAE:
                 rng: jax.Array) -> dict[str, jax.Array]:
     """-ELBO (beta = 1, one draw per example), its two terms, and the IWAE-k NLL of the EMA params, in nats."""
     x = batch['image']
-    keys_B = self._example_keys(rng, x.shape[0])
+    keys_B = randomness.example_keys(rng, x.shape[0], self.axis_name)
     rec_B, kl_B = self.elbo_terms(state.ema_params, x, keys_B)
     metrics = {'neg_elbo': jnp.mean(rec_B + kl_B), 'recon': jnp.mean(rec_B), 'kl': jnp.mean(kl_B)}
     if self.iwae_k:
