@@ -95,37 +95,48 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any]:
 
 
 def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
-  """Times the pmapped train step on real batches; the host's batch time is measured apart."""
+  """Times the pmapped train step on real batches already on the devices, as the loop's prefetch has them.
+
+  With training.steps_per_call = k > 1, `steps` calls of k scanned steps are timed and the
+  step time is a call's time / k. The host's time to build one batch is measured apart.
+  """
+  from aigc_jax.train import loop
   from aigc_jax.train import parallel
   devs, ds, method, state = _setup(config)
-  batches, host_s = [], []
-  for s in range(warmup + steps):
+  k = config.training.steps_per_call
+  calls, host_s = [], []
+  for c in range(warmup + steps):
     start = time.perf_counter()
-    batches.append(ds.batch(s))
-    host_s.append(time.perf_counter() - start)
+    batches = [ds.batch(c * k + i) for i in range(k)]
+    host_s.append((time.perf_counter() - start) / k)
+    calls.append(batches)
   start = time.perf_counter()
-  step, cost = parallel.compiled_train_step(method.train_step, devs, state, batches[0])
+  one_step, cost = parallel.compiled_train_step(method.train_step, devs, state, calls[0][0])
   compile_s = time.perf_counter() - start
-  step_s = []
-  for i, batch in enumerate(batches):
+  run = parallel.train_step(method.train_step, devs, k) if k > 1 else None
+  inputs = [parallel.to_devices(batches, devs, k) for batches in calls]
+  jax.block_until_ready([i.batches for i in inputs])
+  call_s, startup_s = [], None
+  for i, call in enumerate(inputs):
     start = time.perf_counter()
-    state, metrics = step(state, batch)
+    state, metrics = run(state, call) if run else one_step(state, call.batches[0])
     jax.block_until_ready(metrics)
-    if i >= warmup:
-      step_s.append(time.perf_counter() - start)
-  median = float(np.median(step_s))
+    call_s.append(time.perf_counter() - start)
+    if startup_s is None:
+      startup_s = loop.process_age()
+  median = float(np.median(call_s[warmup:])) / k
   batch = config.training.batch_size
-  first = next(iter(batches[0].values()))
-  per_example = int(np.prod(first.shape[2:])) - 1 if 'tokens' in batches[0] else 1
+  first = next(iter(calls[0][0].values()))
+  per_example = int(np.prod(first.shape[2:])) - 1 if 'tokens' in calls[0][0] else 1
   dtype = config.model.get('dtype', 'float32')
   flops = cost.get('flops', 0.0) * devs.global_count
   result = {
       'what': 'train', 'config': flags.FLAGS['config'].config_filename, 'method': config.method,
       'device_kind': devs.local[0].device_kind, 'devices': devs.global_count, 'dtype': dtype,
-      'global_batch': batch, 'steps_timed': steps, 'median_step_s': median,
-      'min_step_s': float(np.min(step_s)), 'compile_s': compile_s,
-      'host_batch_s': float(np.median(host_s)),
-      ('tokens_per_s' if 'tokens' in batches[0] else 'images_per_s'): batch * per_example / median,
+      'global_batch': batch, 'steps_per_call': k, 'calls_timed': steps, 'median_step_s': median,
+      'min_step_s': float(np.min(call_s[warmup:])) / k, 'compile_s': compile_s,
+      'first_call_s': call_s[0], 'startup_s': startup_s, 'host_batch_s': float(np.median(host_s)),
+      ('tokens_per_s' if 'tokens' in calls[0][0] else 'images_per_s'): batch * per_example / median,
       'flops_per_step': flops, 'achieved_flops_per_s': flops / median,
       'peak_memory_bytes': _memory(devs), 'loss': float(metrics['loss']),
   }

@@ -13,6 +13,8 @@ import ml_collections
 from absl import flags
 from absl import logging
 
+from aigc_jax import cache
+
 
 def _explain_bad_override(argv: list[str], error: Exception) -> str:
   """Why absl could not apply the --config overrides: a config file that fails to load, or a key it lacks."""
@@ -53,7 +55,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def config(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
-  """The loaded --config, or exit with why it does not load; also quiets library INFO logs."""
+  """The loaded --config, or exit with why it does not load; also quiets library INFO logs and caches compiles."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # progress goes to stdout; library INFO chatter stays off
@@ -63,6 +65,7 @@ def config(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
   except Exception as e:  # pylint: disable=broad-except
     detail = ' '.join(str(e).split())
     sys.exit(f'error: cannot load --config={flags.FLAGS[holder.name].config_filename!r}: {detail}')
+  cache.enable_compilation_cache()
   return cfg
 
 

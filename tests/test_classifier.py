@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from aigc_jax import cache
 from aigc_jax import data
 from aigc_jax.data import images
 from aigc_jax.errors import UserError
@@ -119,7 +120,7 @@ def test_unlabelled_images_are_a_clear_error():
 def _feature_net_cli(*args, devices=2):
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
-  env.pop(feature_net.CACHE_ENV, None)
+  env.pop(cache.ENV, None)
   return subprocess.run([sys.executable, '-m', 'aigc_jax.evaluation.feature_net', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 
@@ -191,7 +192,7 @@ def test_untrained_feature_net_names_the_command_to_train_it(tmp_path):
 
 
 def test_cache_dir_comes_from_the_flag_then_the_environment(monkeypatch, tmp_path):
-  monkeypatch.setenv(feature_net.CACHE_ENV, str(tmp_path / 'env'))
+  monkeypatch.setenv(cache.ENV, str(tmp_path / 'env'))
   assert feature_net.workdir('mnist') == str(tmp_path / 'env' / 'feature_nets' / 'mnist')
   assert feature_net.workdir('mnist', str(tmp_path)) == str(tmp_path / 'feature_nets' / 'mnist')
 

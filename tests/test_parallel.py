@@ -58,3 +58,25 @@ def test_batch_not_divisible_by_devices_is_clear():
   with pytest.raises(UserError, match='training.batch_size=6 must be a positive multiple of the number of devices'):
     parallel.check_batch(6, parallel.devices())
   assert parallel.check_batch(8, parallel.devices()) == 2
+
+
+def test_prefetched_calls_equal_host_batches(tiny_config):
+  """The loop's prefetch (calls of k steps on the devices ahead of time) trains exactly as host batches do."""
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  devs = parallel.devices()
+  ds = data.create(tiny_config.data, 'train', 8, seed=0, process_index=0, process_count=1,
+                   local_devices=4, train=True)
+  calls = [[ds.batch(s) for s in range(a, min(a + 2, 5))] for a in range(0, 5, 2)]
+  inputs = list(parallel.prefetch(iter(calls), devs, steps_per_call=2))
+  assert [(i.steps, i.stacked) for i in inputs] == [(2, True), (2, True), (1, False)]
+  assert inputs[0].batches['image'].shape == (4, 2, 2, 8, 8, 1)
+  assert len(inputs[0].batches['image'].sharding.device_set) == 4
+  step = parallel.train_step(method.train_step, devs, 2, donate=False)
+  init = jax.jit(method.init)(jax.random.PRNGKey(0))
+  fetched, host = init, init
+  for i, c in zip(inputs, calls):
+    fetched, _ = step(fetched, i)
+    host, _ = step(host, c)
+  assert int(fetched.step) == 5
+  for a, b in zip(jax.tree.leaves(fetched), jax.tree.leaves(host)):
+    np.testing.assert_array_equal(a, b)

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from aigc_jax import cache
 from aigc_jax.data import images
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import feature_net
@@ -97,7 +98,7 @@ def test_no_feature_network_at_all_is_a_clear_error(tmp_path):
 
 
 def test_eval_mode_and_periodic_eval_report_fid_and_bits_per_dim(cache_dir, tiny_config, tmp_path, monkeypatch):
-  monkeypatch.setenv(feature_net.CACHE_ENV, cache_dir)
+  monkeypatch.setenv(cache.ENV, cache_dir)
   tiny_config.training.eval_every = tiny_config.training.num_train_steps
   tiny_config.eval.num_samples = 24
   tiny_config.eval.num_samples_in_training = 12

@@ -31,13 +31,13 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from aigc_jax import cache
 from aigc_jax import cli
 from aigc_jax import data
 from aigc_jax import methods
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import features as features_lib
 from aigc_jax.evaluation import metrics
-from aigc_jax.evaluation.inception import DEFAULT_CACHE_DIR
 from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
@@ -45,7 +45,6 @@ from aigc_jax.train import writers
 
 # Data set -> the config file (in configs/) its feature network is trained with.
 CONFIGS = {'digits': 'classifier_digits', 'mnist': 'classifier_mnist', 'cifar10': 'classifier_cifar'}
-CACHE_ENV = 'AIGC_JAX_CACHE'
 INFO_FILE = 'feature_net.json'
 BATCH_SIZE = 500  # images per device call when computing features, rounded up to the devices
 
@@ -65,15 +64,10 @@ def net_name(dataset: str) -> str:
   return f'classifier_{dataset}'
 
 
-def cache_root(cache_dir: str | None = None) -> str:
-  """`cache_dir` if given, else $AIGC_JAX_CACHE, else ~/.cache/aigc_jax."""
-  return os.path.expanduser(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
-
-
 def workdir(dataset: str, cache_dir: str | None = None) -> str:
   """The training workdir of `dataset`'s feature network: <cache>/feature_nets/<dataset>."""
   _check_dataset(dataset)
-  return os.path.join(cache_root(cache_dir), 'feature_nets', dataset)
+  return os.path.join(cache.root(cache_dir), 'feature_nets', dataset)
 
 
 def train_command(dataset: str, cache_dir: str | None = None) -> str:
@@ -249,5 +243,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   flags.DEFINE_enum('dataset', None, sorted(CONFIGS), 'The data set whose feature network to train.')
-  flags.DEFINE_string('cache_dir', None, f'Cache folder (default ${CACHE_ENV}, else {DEFAULT_CACHE_DIR}).')
+  flags.DEFINE_string('cache_dir', None, f'Cache folder (default ${cache.ENV}, else {cache.DEFAULT_DIR}).')
   app.run(main, flags_parser=parse_flags)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aigc_jax import cache
 from aigc_jax.data.images import network_up
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import torch_checkpoint
@@ -28,7 +29,6 @@ NUM_CLASSES = 1008
 WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 WEIGHTS_URL = f'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILE}'
 WEIGHTS_SHA256_PREFIX = '6726825d'  # torch.hub's convention: the name carries the hash's start
-DEFAULT_CACHE_DIR = '~/.cache/aigc_jax'
 
 Pair = int | tuple[int, int]
 
@@ -298,7 +298,7 @@ def _convert(path: str) -> dict:
     raise UserError(f'{path}: {e}') from None
 
 
-def load_inception(weights_path: str = '', cache_dir: str = DEFAULT_CACHE_DIR) -> dict:
+def load_inception(weights_path: str = '', cache_dir: str = cache.DEFAULT_DIR) -> dict:
   """The FID Inception variables {'params', 'batch_stats'} for InceptionV3().apply.
 
   From `weights_path` (eval.inception_weights) when set: pytorch-fid's .pth, or the .npz this

@@ -18,6 +18,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from aigc_jax import cache
 from aigc_jax.data import images as images_lib
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import feature_net
@@ -59,7 +60,7 @@ def networks(config: ml_collections.ConfigDict, devs: parallel.Devices,
                    f'{sorted(feature_net.CONFIGS)}; set eval.feature_net to one that draws the same images)')
   try:
     variables = inception.load_inception(config.eval.inception_weights,
-                                         feature_net.cache_root(cache_dir))
+                                         cache.root(cache_dir))
     model = inception.InceptionV3()
     batch = -(-INCEPTION_BATCH // len(devs.local)) * len(devs.local)
     found.append(Network('inception', lambda x: features_lib.extract(
@@ -87,7 +88,7 @@ def _reference_path(net: Network, d: ml_collections.ConfigDict, split: str,
     source += f' binarized at {d.binarize}'
   key = f'{source} | split {split} | {net.name}'
   digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-  return os.path.join(feature_net.cache_root(cache_dir), 'reference_stats', net.name, digest + '.npz'), key
+  return os.path.join(cache.root(cache_dir), 'reference_stats', net.name, digest + '.npz'), key
 
 
 def reference(net: Network, d: ml_collections.ConfigDict, split: str,

@@ -34,6 +34,16 @@ def _format_duration(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
+def process_age() -> float | None:
+  """Seconds since this process started (from Linux's /proc; None elsewhere): startup time from the command."""
+  try:
+    with open('/proc/self/stat') as f:
+      start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError, AttributeError):
+    return None
+
+
 def validate(config: ml_collections.ConfigDict, devs: parallel.Devices) -> None:
   """Checks the loop's own settings before anything loads or compiles."""
   t = config.training
@@ -129,6 +139,7 @@ def _check_finite(metrics: dict[str, float], step: int, last_ckpt: int | None) -
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final state."""
+  setup_start = time.time()
   devs, ckpts = _setup(config, workdir, devices)
   t = config.training
   ds = data.create(config.data, config.data.train_split, t.batch_size, seed=config.seed,
@@ -155,13 +166,20 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   quality_sampler = _quality_sampler(config, method, devs, n_quality) if n_quality > 0 else None
   p_sample = (_sampler(method, devs, config.sample.num, _held_out_examples(config, method, ds.info))
               if t.sample_every else None)
+  calls = parallel.prefetch(([ds.batch(s) for s in range(a, min(a + t.steps_per_call, t.num_train_steps))]
+                             for a in range(step, t.num_train_steps, t.steps_per_call)), devs, t.steps_per_call)
   start_step, start_time = step, time.time()
   last_step, last_time = step, start_time
   try:
     while step < t.num_train_steps:
-      n = min(t.steps_per_call, t.num_train_steps - step)
-      state, metrics = p_train(state, [ds.batch(s) for s in range(step, step + n)])
-      step += n
+      inputs = next(calls)
+      state, metrics = p_train(state, inputs)
+      if step == start_step:
+        jax.block_until_ready(metrics)
+        age = process_age()
+        _say(f'first step done {time.time() - setup_start:.1f}s after the run started (data, init, compile)' +
+             (f', {age:.1f}s after the command' if age is not None else ''))
+      step += inputs.steps
       done = step == t.num_train_steps
       do_log = step % t.log_every == 0 or done
       do_ckpt = step % t.checkpoint_every == 0 or done

@@ -6,9 +6,10 @@ comes back as one array replicated over the devices (`out_axes=None`), so the re
 code never sees a device axis on the state; batches carry a leading [devices] axis.
 """
 
+import collections
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,28 +75,75 @@ def compiled_train_step(step_fn: Callable, devs: Devices, state: Any, batch: Any
   return compiled, {k: float(v) for k, v in (cost or {}).items() if isinstance(v, (int, float))}
 
 
+@dataclasses.dataclass(frozen=True)
+class StepInputs:
+  """The batches of one train-step call, already on the devices (`to_devices`).
+
+  `stacked`: one tree [devices, k, per_device, ...] for the k-step program; otherwise
+  `batches` is a list of per-step trees [devices, per_device, ...].
+  """
+  batches: Any
+  stacked: bool
+  steps: int
+
+
+def to_devices(batches: Sequence[Any], devs: Devices, steps_per_call: int = 1) -> StepInputs:
+  """Sends the host batches of one call to the devices, split along their [devices] axis.
+
+  The copies start at once and run while earlier steps compute (see `prefetch`). A full
+  call of k > 1 steps is stacked on the host first, as the k-step program takes it.
+  """
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devs.local), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  put = lambda tree: jax.device_put(tree, sharding)
+  if steps_per_call > 1 and len(batches) == steps_per_call:
+    return StepInputs(put(jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)), True, len(batches))
+  return StepInputs([put(b) for b in batches], False, len(batches))
+
+
+def prefetch(calls: Iterator[Sequence[Any]], devs: Devices, steps_per_call: int = 1,
+             depth: int = 2) -> Iterator[StepInputs]:
+  """Yields each call's batches on the devices, `depth` calls ahead (double buffering at 2).
+
+  While the devices run one call, the next one's host batches are built and copied, so the
+  step never waits on the host.
+  """
+  queue: collections.deque[StepInputs] = collections.deque()
+  for batches in calls:
+    queue.append(to_devices(batches, devs, steps_per_call))
+    if len(queue) == depth:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
 def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
                donate: bool = True) -> Callable:
   """Maps `step_fn(state, batch, rng) -> (state, metrics)` over devices, k steps per call.
 
-  The returned function takes the state and a list of k per-step batches (each
-  [devices, per_device, ...]); step s draws its randomness from fold_in(state.rng, s).
-  With k > 1 the steps run in one `lax.scan` and metrics are averaged over them; k = 1
-  calls the step directly, since XLA:CPU runs gradients inside loops many times slower.
+  The returned function takes the state and one call's batches: a list of per-step host
+  batches (each [devices, per_device, ...]) or `StepInputs` from `to_devices`/`prefetch`;
+  step s draws its randomness from fold_in(state.rng, s). With k > 1 a full call runs in
+  one `lax.scan` and its metrics are averaged over the steps. On CPUs the scan is unrolled:
+  XLA:CPU runs a UNet's gradient inside a loop 8-40x slower than the same step unrolled
+  (measured on ddpm_digits), at the price of compiling k copies of the step.
   """
   one_step = _keyed(step_fn)
+  unroll = devs.local[0].platform == 'cpu'
 
   def multi_step(state, batches):
-    state, metrics = jax.lax.scan(one_step, state, batches)
+    state, metrics = jax.lax.scan(one_step, state, batches, unroll=unroll)
     return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
   single = _pmapped_step(one_step, devs, donate)
   multi = _pmapped_step(multi_step, devs, donate) if steps_per_call > 1 else None
 
-  def run(state, batches: Sequence[Any]):
-    if multi is not None and len(batches) == steps_per_call:
-      return multi(state, jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches))
-    for batch in batches:  # k = 1, or the short last call of a run
+  def run(state, inputs: StepInputs | Sequence[Any]):
+    if not isinstance(inputs, StepInputs):
+      inputs = to_devices(inputs, devs, steps_per_call)
+    if inputs.stacked:
+      return multi(state, inputs.batches)
+    for batch in inputs.batches:  # k = 1, or the short last call of a run
       state, metrics = single(state, batch)
     return state, metrics
   return run
