@@ -100,6 +100,7 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> d
   With training.steps_per_call = k > 1, `steps` calls of k scanned steps are timed and the
   step time is a call's time / k. The host's time to build one batch is measured apart.
   """
+  from aigc_jax.methods import precision
   from aigc_jax.train import loop
   from aigc_jax.train import parallel
   devs, ds, method, state = _setup(config)
@@ -128,7 +129,7 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> d
   batch = config.training.batch_size
   first = next(iter(calls[0][0].values()))
   per_example = int(np.prod(first.shape[2:])) - 1 if 'tokens' in calls[0][0] else 1
-  dtype = config.model.get('dtype', 'float32')
+  dtype = precision.compute_dtype(config.model.get('dtype', 'float32')).name
   flops = cost.get('flops', 0.0) * devs.global_count
   result = {
       'what': 'train', 'config': flags.FLAGS['config'].config_filename, 'method': config.method,

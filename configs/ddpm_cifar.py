@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.attn_resolutions = (16,)
   model.dropout = 0.1
   model.num_groups = 32
-  model.dtype = 'float32'
+  model.dtype = 'auto'        # bfloat16 compute on GPUs/TPUs, float32 on CPUs (methods/precision.py)
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.num_timesteps = 1000

@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.width = 384
   model.dropout = 0.2
   model.use_bias = False
-  model.dtype = 'float32'
+  model.dtype = 'auto'        # bfloat16 compute on GPUs/TPUs, float32 on CPUs (methods/precision.py)
 
   config.optim.optimizer = 'adamw'
   config.optim.lr = 1e-3

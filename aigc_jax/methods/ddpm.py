@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from aigc_jax.errors import UserError
+from aigc_jax.methods import precision
 from aigc_jax.methods import randomness
 from aigc_jax.models.unet import UNet
 from aigc_jax.train import optim
@@ -133,7 +134,7 @@ class DDPM:
     self.model = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                       attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                       num_groups=m.num_groups, out_ch=config.data.channels,
-                      dtype=jnp.dtype(m.dtype))
+                      dtype=precision.compute_dtype(m.dtype))
     d = config.diffusion
     self.schedule = linear_schedule(d.num_timesteps, d.beta_start, d.beta_end)
     self.tx, self.lr_schedule = optim.create(config.optim, config.training.num_train_steps)
@@ -145,6 +146,7 @@ class DDPM:
   def check_config(config: ml_collections.ConfigDict) -> None:
     """The UNet's shape constraints and the sampler settings, checked before any data load or compile."""
     _validate_unet(config.model, config.data.image_size)
+    precision.compute_dtype(config.model.dtype)
     if config.sample.method not in ('ancestral', 'ddim'):
       raise UserError(f"sample.method={config.sample.method!r} is unknown: use 'ancestral' or 'ddim'")
     if config.sample.method == 'ddim':

@@ -20,6 +20,7 @@ import optax
 
 from aigc_jax.data import tokenizers
 from aigc_jax.errors import UserError
+from aigc_jax.methods import precision
 from aigc_jax.models.transformer import Transformer
 from aigc_jax.models.transformer import empty_cache
 from aigc_jax.train import optim
@@ -110,7 +111,7 @@ class LM:
     m = config.model
     self.model = Transformer(vocab_size=self.tokenizer.vocab_size, block_size=config.data.block_size,
                              num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
-                             dropout=m.dropout, use_bias=m.use_bias, dtype=jnp.dtype(m.dtype))
+                             dropout=m.dropout, use_bias=m.use_bias, dtype=precision.compute_dtype(m.dtype))
     self.tx, self.lr_schedule = optim.create(config.optim, config.training.num_train_steps)
     self.ema_rate = config.training.ema_rate
     s = config.sample
@@ -124,6 +125,7 @@ class LM:
   def check_config(config: ml_collections.ConfigDict) -> None:
     """The model and sampling settings, checked before any data load or compile."""
     m, s = config.model, config.sample
+    precision.compute_dtype(config.model.dtype)
     if m.width % m.num_heads:
       raise UserError(f'model.num_heads={m.num_heads} must divide model.width={m.width}: change one of them')
     if not 0.0 <= m.dropout < 1.0:
