@@ -1,1 +1,1 @@
-"""Experiment sweeps and their launcher: none are defined yet (planned with multi-host support)."""
+"""Experiment sweeps (`<name>.py` with `get_sweep()`) and their launcher (`python -m experiments.launch`)."""

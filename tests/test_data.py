@@ -141,19 +141,10 @@ def test_real_mnist_test_digits_convert(tmp_path):
 def test_epoch_visits_every_example_once_and_epochs_differ():
   x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
   ds = ImageBatches(x, 5, seed=0, process_index=0, process_count=1, local_devices=1)
-  first = np.concatenate([ds.global_indices(s) for s in range(2)])
-  second = np.concatenate([ds.global_indices(s) for s in range(2, 4)])
+  first = np.concatenate([ds.indices(s) for s in range(2)])
+  second = np.concatenate([ds.indices(s) for s in range(2, 4)])
   assert sorted(first) == list(range(10)) and sorted(second) == list(range(10))
   assert list(first) != list(second)
-
-
-def test_processes_share_one_global_batch():
-  x = np.random.default_rng(0).integers(0, 255, (40, 4, 4, 3), dtype=np.uint8)
-  kw = dict(seed=1, local_devices=2, random_flip=True)
-  whole = ImageBatches(x, 8, process_index=0, process_count=1, **kw).batch(7)['image']
-  parts = [ImageBatches(x, 8, process_index=p, process_count=2, **kw).batch(7)['image'] for p in range(2)]
-  np.testing.assert_array_equal(np.concatenate([p.reshape(-1, 4, 4, 3) for p in parts]),
-                                whole.reshape(-1, 4, 4, 3))
 
 
 def test_flip_only_in_training():

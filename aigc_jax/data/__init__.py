@@ -18,9 +18,12 @@ from aigc_jax.errors import UserError
 def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, seed: int,
            process_index: int, process_count: int, local_devices: int, train: bool,
            data_info: dict[str, str] | None = None) -> ImageBatches | TextBatches:
-  """Batches of `split` of the data set `cfg` (config.data) names; shuffled (and augmented) if `train`."""
+  """Batches of `split` of the data set `cfg` (config.data) names; shuffled (and augmented) if `train`.
+
+  Each process reads only its shard of the split (`data.shards`) and draws its part of every global batch from it.
+  """
   if cfg.kind == 'images':
-    x, labels = images.load(cfg, split)
+    x, labels = images.load(cfg, split, process_index, process_count)
     return ImageBatches(x, global_batch, seed=seed, process_index=process_index,
                         process_count=process_count, local_devices=local_devices, shuffle=train,
                         random_flip=train and cfg.random_flip, labels=labels)

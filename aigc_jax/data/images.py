@@ -7,6 +7,10 @@ scikit-learn's 8x8 digits (`data.name='digits'`), or a TFDS data set (`data.name
 'cifar10', 'mnist'). `data.pad` > 0 adds that many pixels of value 0 on every side (MNIST's
 28x28 digits on their black background become 32x32 with 2). `data.binarize` > 0 maps pixels
 to 0 or 255 at that threshold (a fraction of 255), for Bernoulli likelihoods.
+
+In a multi-process run each process reads only its shard of the split (`data.shards`): TFDS
+through `tfds.split_for_jax_process`, image folders by skipping to it before decoding, the
+in-memory sources by slicing.
 """
 
 import os
@@ -17,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from aigc_jax import tf_cpu
+from aigc_jax.data import shards
 from aigc_jax.errors import UserError
 
 # The last DIGITS_TEST of scikit-learn's 1,797 digits form the 'test' split, the rest 'train'.
@@ -78,13 +83,15 @@ def _stack(ds: Any) -> Labeled:
   return x, np.concatenate([b['label'] for b in parts]).astype(np.int32) if has_label else None
 
 
-def _image_folder(root: str, split: str) -> Labeled:
+def _image_folder(root: str, split: str, process_index: int, process_count: int) -> Labeled:
   if not os.path.isdir(os.path.join(root, split)):
     raise UserError(f'data.image_folder={root!r} has no {split!r} folder: expected '
                     f'{root}/{split}/<class>/<image files>')
   tf_cpu.tensorflow()
   import tensorflow_datasets as tfds
-  return _stack(tfds.ImageFolder(root).as_dataset(split=split, shuffle_files=False))
+  builder = tfds.ImageFolder(root)
+  lo, hi = shards.bounds(builder.info.splits[split].num_examples, process_index, process_count)
+  return _stack(builder.as_dataset(split=split, shuffle_files=False).skip(lo).take(hi - lo))
 
 
 def network_up(host: str = 'storage.googleapis.com') -> bool:
@@ -96,10 +103,13 @@ def network_up(host: str = 'storage.googleapis.com') -> bool:
     return False
 
 
-def _tfds(name: str, split: str, data_dir: str) -> Labeled:
+def _tfds(name: str, split: str, data_dir: str, process_index: int, process_count: int) -> Labeled:
   tf_cpu.tensorflow()
   import tensorflow_datasets as tfds
   data_dir = data_dir or None
+  if process_count > 1:
+    split = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count,
+                                       drop_remainder=True)
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
@@ -117,24 +127,33 @@ def _tfds(name: str, split: str, data_dir: str) -> Labeled:
   return _stack(ds)
 
 
-def load(cfg: ml_collections.ConfigDict, split: str) -> Labeled:
-  """Images of `split` as uint8 [N, H, W, C] (checked against data.image_size / data.channels) and labels."""
+def _shard(data: Labeled, process_index: int, process_count: int) -> Labeled:
+  x, y = data
+  lo, hi = shards.bounds(len(x), process_index, process_count)
+  return x[lo:hi], None if y is None else y[lo:hi]
+
+
+def load(cfg: ml_collections.ConfigDict, split: str, process_index: int = 0, process_count: int = 1) -> Labeled:
+  """Images of `split` as uint8 [N, H, W, C] (checked against data.image_size / data.channels) and labels.
+
+  Only the shard of process `process_index` of `process_count` (`data.shards`); all of them by default.
+  """
   if cfg.pad < 0:
     raise UserError(f'data.pad={cfg.pad} must be >= 0 (pixels of value 0 added on every side)')
   if cfg.npz_path:
-    images, labels = _npz(cfg.npz_path, cfg.npz_holdout, split)
+    images, labels = _shard(_npz(cfg.npz_path, cfg.npz_holdout, split), process_index, process_count)
     source = f'data.npz_path={cfg.npz_path!r}'
   elif cfg.image_folder:
-    images, labels = _image_folder(cfg.image_folder, split)
+    images, labels = _image_folder(cfg.image_folder, split, process_index, process_count)
     source = f'data.image_folder={cfg.image_folder!r}'
   elif cfg.name == 'digits':
-    images, labels = _digits(split)
+    images, labels = _shard(_digits(split), process_index, process_count)
     source = 'scikit-learn digits'
   else:
-    images, labels = _tfds(cfg.name, split, cfg.tfds_data_dir)
+    images, labels = _tfds(cfg.name, split, cfg.tfds_data_dir, process_index, process_count)
     source = f'TFDS {cfg.name!r}'
   if len(images) == 0:
-    raise UserError(f'{source} split {split!r} holds no images')
+    raise UserError(f'{source} split {split!r}{shards.describe(process_index, process_count)} holds no images')
   if cfg.pad:
     source += f' padded by data.pad={cfg.pad}'
     images = np.pad(images, ((0, 0), (cfg.pad, cfg.pad), (cfg.pad, cfg.pad), (0, 0)))

@@ -4,6 +4,10 @@ Sources, by config: any UTF-8 file (`data.text_file`, its last `data.val_fractio
 'validation' split, as nanoGPT splits Tiny Shakespeare), or a TFDS data set with a 'text'
 feature (`data.name`, e.g. 'tiny_shakespeare'), prepared offline from `data.manual_dir`
 when it holds the file TFDS would download (for tiny_shakespeare: input.txt).
+
+In a multi-process run every process reads the whole text (a character vocabulary must be
+the same everywhere, and a TFDS text split is often one record) and keeps its contiguous
+shard of the tokens (`data.shards`).
 """
 
 import os
@@ -12,6 +16,7 @@ import ml_collections
 
 from aigc_jax import tf_cpu
 from aigc_jax.data import images
+from aigc_jax.data import shards
 from aigc_jax.data import tokenizers
 from aigc_jax.data.pipeline import TextBatches
 from aigc_jax.errors import UserError
@@ -100,9 +105,12 @@ def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, see
     train_text = text if split == cfg.train_split else load(cfg, cfg.train_split)[0]
     tokenizer = tokenizers.build(cfg.tokenizer, train_text)
   tokens = tokenizer.encode(text, what=f'{source} split {split!r}')
+  lo, hi = shards.bounds(len(tokens), process_index, process_count)
+  tokens = tokens[lo:hi]
   if len(tokens) < cfg.block_size + 1:
-    raise UserError(f'{source} split {split!r} has {len(tokens)} tokens, fewer than data.block_size + 1 = '
-                    f'{cfg.block_size + 1}: use a longer text or a smaller data.block_size')
+    raise UserError(f'{source} split {split!r}{shards.describe(process_index, process_count)} has '
+                    f'{len(tokens)} tokens, fewer than data.block_size + 1 = {cfg.block_size + 1}: '
+                    'use a longer text or a smaller data.block_size')
   return TextBatches(tokens, global_batch, cfg.block_size, seed=seed, process_index=process_index,
                      process_count=process_count, local_devices=local_devices, shuffle=train,
                      info=tokenizer.info)

@@ -24,7 +24,9 @@ from aigc_jax.train import writers
 
 
 def _say(msg: str) -> None:
-  print(msg, flush=True)
+  """Progress to stdout, from process 0 only (every process of a multi-process run runs this code)."""
+  if parallel.is_main_process():
+    print(msg, flush=True)
 
 
 def _format_duration(seconds: float) -> str:

@@ -4,16 +4,23 @@ Methods write their steps for one device and reduce with `jax.lax.pmean(x, AXIS)
 maps them over the local devices. Train state goes in unreplicated (`in_axes=None`) and
 comes back as one array replicated over the devices (`out_axes=None`), so the rest of the
 code never sees a device axis on the state; batches carry a leading [devices] axis.
+
+Several processes (hosts) run one program each (JAX's multi-controller model, started by
+`initialize`): each passes its own batches [local devices, ...], the mapped axis spans every
+device of every process, and the state is kept as one global array replicated over all of
+them, which is what Orbax's multi-process checkpointing saves.
 """
 
 import collections
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from aigc_jax.errors import UserError
 
@@ -35,9 +42,81 @@ class Devices:
   def kind(self) -> str:
     return f'{self.global_count} x {self.local[0].device_kind}'
 
+  @property
+  def mapped(self) -> Sequence[jax.Device] | None:
+    """The devices `jax.pmap` maps over: the local ones, or None (all global devices) with several processes.
+
+    Given the local devices only, a multi-process pmap would reduce within each process.
+    """
+    return self.local if self.process_count == 1 else None
+
+
+def _env_count(name: str) -> int:
+  try:
+    return int(os.environ.get(name, '1'))
+  except ValueError:
+    return 1
+
+
+def cluster_environment() -> str | None:
+  """The multi-process cluster this process was started in, as JAX's auto-detection sees it; None if none.
+
+  Only environments with more than one process count: a one-task SLURM job (a sweep trial)
+  is a plain single-process run.
+  """
+  env = os.environ
+  if env.get('JAX_COORDINATOR_ADDRESS'):
+    return 'JAX_COORDINATOR_ADDRESS'
+  if all(k in env for k in ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_PROCID', 'SLURM_LOCALID')) and (
+      _env_count('SLURM_NTASKS') > 1):
+    return 'SLURM'
+  if 'OMPI_MCA_orte_hnp_uri' in env and _env_count('OMPI_COMM_WORLD_SIZE') > 1:
+    return 'Open MPI'
+  hosts = env.get('TPU_WORKER_HOSTNAMES') or env.get('TPU_PROCESS_ADDRESSES') or ''
+  if len([h for h in hosts.split(',') if h]) > 1 or env.get('MEGASCALE_COORDINATOR_ADDRESS'):
+    return 'TPU pod'
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> str | None:
+  """Starts JAX's multi-process runtime when this run spans processes; says how, or None for one process.
+
+  From the flags when given (the rest detected by JAX where it can), else from a cluster
+  environment JAX detects by itself (SLURM, Open MPI, TPU pods); a single-process run starts
+  nothing. Call before any JAX computation. CPU processes talk through gloo collectives.
+  """
+  if coordinator_address is None and num_processes is None and process_id is None:
+    where = cluster_environment()
+    if where is None:
+      return None
+  elif coordinator_address is None and num_processes in (None, 1) and process_id in (None, 0):
+    return None  # --num_processes=1: one process, nothing to start
+  else:
+    where = 'the --coordinator_address / --num_processes / --process_id flags'
+    if num_processes is not None and num_processes < 1:
+      raise UserError(f'--num_processes={num_processes} must be >= 1')
+    if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
+      raise UserError(f'--process_id={process_id} must be in 0..{num_processes - 1} (--num_processes - 1)')
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (ValueError, TypeError, RuntimeError) as e:
+    raise UserError(f'cannot start the multi-process run ({where}): {" ".join(str(e).split())[:300]}; '
+                    'give all of --coordinator_address=HOST:PORT (process 0\'s), --num_processes and '
+                    '--process_id, or start the run under SLURM / Open MPI / a TPU pod') from None
+  return f'process {jax.process_index()} of {jax.process_count()} ({where})'
+
+
+def is_main_process() -> bool:
+  """Whether this process writes what a run shares (logs, metrics, samples): process 0."""
+  return jax.process_index() == 0
+
 
 def devices(local: Sequence[jax.Device] | None = None) -> Devices:
-  """All local devices of this process (or the given ones) and the process layout."""
+  """All local devices of this process (or, in a single-process run, the given ones) and the process layout."""
+  if local is not None and jax.process_count() > 1 and set(local) != set(jax.local_devices()):
+    raise ValueError('a multi-process run maps over all local devices of every process')
   return Devices(local=tuple(local or jax.local_devices()), process_index=jax.process_index(),
                  process_count=jax.process_count())
 
@@ -59,7 +138,7 @@ def _keyed(step_fn: Callable) -> Callable:
 def _pmapped_step(fn: Callable, devs: Devices, donate: bool) -> Callable:
   """fn(state, batch) over the local devices: state unreplicated in, replicated out."""
   return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None),
-                  devices=devs.local, donate_argnums=(0,) if donate else ())
+                  devices=devs.mapped, donate_argnums=(0,) if donate else ())
 
 
 def compiled_train_step(step_fn: Callable, devs: Devices, state: Any, batch: Any,
@@ -91,11 +170,13 @@ def to_devices(batches: Sequence[Any], devs: Devices, steps_per_call: int = 1) -
   """Sends the host batches of one call to the devices, split along their [devices] axis.
 
   The copies start at once and run while earlier steps compute (see `prefetch`). A full
-  call of k > 1 steps is stacked on the host first, as the k-step program takes it.
+  call of k > 1 steps is stacked on the host first, as the k-step program takes it. With
+  several processes the batches stay host arrays, which the global pmap sends to each
+  process's own devices.
   """
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devs.local), (AXIS,)),
                                         jax.sharding.PartitionSpec(AXIS))
-  put = lambda tree: jax.device_put(tree, sharding)
+  put = (lambda tree: jax.device_put(tree, sharding)) if devs.process_count == 1 else (lambda tree: tree)
   if steps_per_call > 1 and len(batches) == steps_per_call:
     return StepInputs(put(jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)), True, len(batches))
   return StepInputs([put(b) for b in batches], False, len(batches))
@@ -142,34 +223,38 @@ def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
     if not isinstance(inputs, StepInputs):
       inputs = to_devices(inputs, devs, steps_per_call)
     if inputs.stacked:
-      return multi(state, inputs.batches)
+      state, metrics = multi(state, inputs.batches)
+      return _global(state, devs), metrics
     for batch in inputs.batches:  # k = 1, or the short last call of a run
       state, metrics = single(state, batch)
-    return state, metrics
+    return _global(state, devs), metrics
   return run
 
 
 def eval_step(step_fn: Callable, devs: Devices) -> Callable:
   """Maps `step_fn(state, batch, rng) -> metrics` over devices; metrics come back as host floats."""
   mapped = jax.pmap(step_fn, axis_name=AXIS, in_axes=(None, 0, None), out_axes=None,
-                    devices=devs.local)
+                    devices=devs.mapped)
   return lambda state, batch, rng: jax.device_get(mapped(state, batch, rng))
 
 
 def sampler(sample_fn: Callable, devs: Devices, num: int) -> Callable:
   """Maps `sample_fn(state, rng, n)` over devices to draw `num` samples in all.
 
-  Each device draws ceil(num / devices) with its own key; the result is this process's
-  samples as host numpy arrays with the device axis folded into the first, cut to `num`.
+  Each device draws ceil(num / devices) with its own key; the result is the samples of all
+  devices of all processes, in every process, as host numpy arrays with the device axis
+  folded into the first, cut to `num`.
   """
   per_device = -(-num // devs.global_count)
   mapped = jax.pmap(functools.partial(sample_fn, num=per_device), axis_name=AXIS,
-                    in_axes=(None, 0), devices=devs.local)
+                    in_axes=(None, 0), devices=devs.mapped)
 
   def run(state, rng):
     keys = jax.random.split(rng, devs.global_count)
     start = devs.process_index * len(devs.local)
     out = jax.device_get(mapped(state, keys[start:start + len(devs.local)]))
+    if devs.process_count > 1:
+      out = multihost_utils.process_allgather(out, tiled=True)
     return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:num], out)
   return run
 
@@ -180,7 +265,7 @@ def on_every_device(fn: Callable, devs: Devices) -> Callable:
   For small inference on a few examples that must meet (pairs to interpolate between): too
   little work to split, and every device computes the same. The result is host numpy arrays.
   """
-  mapped = jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0), devices=devs.local)
+  mapped = jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0), devices=devs.mapped)
 
   def run(state, batch, rng):
     out = mapped(state, batch, jnp.broadcast_to(rng, (len(devs.local),) + rng.shape))
@@ -196,7 +281,7 @@ def forward(apply_fn: Callable, params: Any, devs: Devices) -> Callable:
   per_device, ...]; its outputs keep the device axis and stay on the devices until read,
   so the next call can be queued first.
   """
-  mapped = jax.pmap(apply_fn, axis_name=AXIS, in_axes=(None, 0), devices=devs.local)
+  mapped = jax.pmap(apply_fn, axis_name=AXIS, in_axes=(None, 0), devices=devs.mapped)
   params = replicate(params, devs)
   return lambda x: mapped(params, x)
 
@@ -206,6 +291,24 @@ def replicate(tree: Any, devs: Devices) -> Any:
 
   A state fresh from init sits on one device; giving it the layout the step returns makes
   the first call compile the same program as every later one, instead of a second one.
+  With several processes the result is one global array over all their devices.
   """
-  return jax.device_put(tree, jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devs.local), (AXIS,)),
-                                                         jax.sharding.PartitionSpec()))
+  return _global(jax.device_put(tree, _replicated(devs.local)), devs)
+
+
+def _replicated(devices_: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices_), (AXIS,)), jax.sharding.PartitionSpec())
+
+
+def _global(tree: Any, devs: Devices) -> Any:
+  """A tree replicated over this process's devices as global arrays replicated over every process's devices.
+
+  A multi-process pmap returns each process's copy as an array of that process alone,
+  which Orbax cannot save; the global array is the same per-device buffers, not a copy.
+  The identity in a single-process run.
+  """
+  if devs.process_count == 1:
+    return tree
+  sharding = _replicated(jax.devices())
+  return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
+      x.shape, sharding, [s.data for s in x.addressable_shards]), tree)

@@ -27,7 +27,7 @@ TEXT_SEPARATOR = '-' * 40
 
 def check_writable(workdir: str) -> None:
   """Creates `workdir` and proves a file can be written there, or raises a clear error."""
-  probe = os.path.join(workdir, '.write_test')
+  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')  # one per process: several may share the workdir
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(probe, 'w') as f:

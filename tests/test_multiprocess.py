@@ -1,0 +1,200 @@
+"""One run over two processes on localhost (2 simulated CPU devices each, gloo collectives).
+
+It must train exactly as one process with 4 devices fed the same global batches (each
+process's batches, drawn from its own shard, one after another), write logs, metrics and
+samples from process 0 only, and leave checkpoints that one process restores and resumes.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from aigc_jax import data
+from aigc_jax import methods
+from aigc_jax.errors import UserError
+from aigc_jax.train import checkpoint
+from aigc_jax.train import loop
+from aigc_jax.train import parallel
+from tests.conftest import ROOT
+from tests.conftest import tiny_ddpm_config
+
+TIMEOUT_S = 420  # both processes together
+
+
+def _config():
+  """The tiny DDPM with a one-level UNet: the least to compile, twice, on a 2-core CPU."""
+  config = tiny_ddpm_config()
+  config.model.ch_mult = (1,)
+  config.model.attn_resolutions = ()
+  return config
+
+
+def _overrides(config, base, prefix='--config.'):
+  """The --config.KEY=VALUE flags that turn `base` into `config` (scalars only)."""
+  flags = []
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      flags += _overrides(value, base[key], f'{prefix}{key}.')
+    elif value != base[key]:
+      flags.append(f'{prefix}{key}={value}')
+  return flags
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _tail(path, n=3000):
+  with open(path, errors='replace') as f:
+    return ''.join(line for line in f if '[Gloo]' not in line)[-n:]
+
+
+def _run_two_processes(workdir, logs_dir):
+  """run.py in two processes on this machine; fails with both outputs if either fails or they hang."""
+  from configs import ddpm_digits
+  flags = _overrides(_config(), ddpm_digits.get_config())
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  port = _free_port()
+  logs = [os.path.join(logs_dir, f'process_{i}.log') for i in range(2)]
+  procs = []
+  try:
+    for i, log in enumerate(logs):
+      with open(log, 'w') as out:
+        procs.append(subprocess.Popen(
+            [sys.executable, 'run.py', '--config=configs/ddpm_digits.py', f'--workdir={workdir}',
+             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}', *flags],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+      if any(p.poll() not in (None, 0) for p in procs):
+        break  # one failed: the other would wait for it until JAX's heartbeat timeout
+      time.sleep(0.5)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  report = '\n'.join(f'--- process {i} (exit {p.returncode}):\n{_tail(log)}' for i, (p, log) in
+                     enumerate(zip(procs, logs)))
+  assert all(p.returncode == 0 for p in procs), f'two-process run failed or timed out:\n{report}'
+  return [_tail(log, 10**6) for log in logs]
+
+
+@pytest.fixture(scope='module')
+def two_process_run(tmp_path_factory):
+  """The tiny DDPM trained 4 steps by two processes: (workdir, output of each process, seconds)."""
+  workdir = str(tmp_path_factory.mktemp('two_processes'))
+  start = time.time()
+  outputs = _run_two_processes(workdir, str(tmp_path_factory.mktemp('logs')))
+  return workdir, outputs, time.time() - start
+
+
+def _two_process_batch(config, step):
+  """The global batch of `step` in the two-process run: process 0's rows, then process 1's."""
+  parts = [data.create(config.data, config.data.train_split, config.training.batch_size, seed=config.seed,
+                       process_index=p, process_count=2, local_devices=2, train=True).batch(step)
+           for p in range(2)]
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)  # [4 devices, per_device, ...]
+
+
+def _single_process_batch(config, step):
+  return data.create(config.data, config.data.train_split, config.training.batch_size, seed=config.seed,
+                     process_index=0, process_count=1, local_devices=4, train=True).batch(step)
+
+
+def _reference(config, batches):
+  """One process with 4 devices: a fresh state trained on `batches`, as the loop trains it."""
+  devs = parallel.devices(jax.devices()[:4])
+  method = methods.get_method(config, parallel.AXIS, {})
+  state = parallel.replicate(jax.jit(method.init)(jax.random.PRNGKey(config.seed)), devs)
+  step = parallel.train_step(method.train_step, devs)
+  for batch in batches:
+    state, _ = step(state, [batch])
+  return jax.device_get(state)
+
+
+def _assert_close(a, b, atol=1e-5):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+def test_two_processes_train_as_one_process_with_four_devices(two_process_run):
+  workdir, _, seconds = two_process_run
+  print(f'two-process run: {seconds:.1f} s')
+  config = _config()
+  reference = _reference(config, [_two_process_batch(config, s) for s in range(4)])
+  method = methods.get_method(config, parallel.AXIS, {})
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
+  restored = jax.device_get(ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0))))  # in this one process
+  ckpts.close()
+  assert int(restored.step) == int(reference.step) == 4
+  _assert_close(restored.params, reference.params)
+  _assert_close(restored.ema_params, reference.ema_params)
+  _assert_close(restored.opt_state, reference.opt_state)
+  init = jax.device_get(jax.jit(method.init)(jax.random.PRNGKey(0)))
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(init.params)))
+  # the shards differ, so the processes' global batches are not the single-process ones
+  assert not np.array_equal(_two_process_batch(config, 0)['image'], _single_process_batch(config, 0)['image'])
+
+
+def test_only_process_0_writes_logs_metrics_and_samples(two_process_run):
+  workdir, (out0, out1), _ = two_process_run
+  assert 'multi-process run: process 0 of 2' in out0 and 'multi-process run: process 1 of 2' in out1
+  assert 'parameters on 4 x cpu' in out0 and 'step 4/4 | loss' in out0 and 'done: step 4' in out0
+  assert 'step 4/4' not in out1 and 'done:' not in out1
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert [json.loads(line)['step'] for line in f] == [2, 4]  # one writer, no duplicated rows
+  with np.load(os.path.join(workdir, 'samples', 'step_4.npz')) as z:
+    assert z['images'].shape == (6, 8, 8, 1)  # sample.num: both processes' samples, gathered
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+
+
+def test_checkpoint_written_by_two_processes_restores_in_one(two_process_run, tmp_path):
+  """One process with 4 devices resumes the two-process run at step 4 and goes on from it exactly."""
+  workdir = str(tmp_path / 'resumed')
+  shutil.copytree(two_process_run[0], workdir)
+  config = _config()
+  config.training.num_train_steps = 6
+  config.training.sample_every = 0
+  state = jax.device_get(loop.train(config, workdir))
+  batches = [_two_process_batch(config, s) for s in range(4)] + [_single_process_batch(config, s) for s in (4, 5)]
+  reference = _reference(config, batches)
+  assert int(state.step) == 6
+  _assert_close(state.params, reference.params)
+  _assert_close(state.ema_params, reference.ema_params)
+
+
+def test_initialize_starts_jax_distributed_only_for_multi_process_runs(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda *args: calls.append(args))
+  monkeypatch.setattr(jax.config, 'update', lambda *args: None)
+  for key in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID', 'OMPI_MCA_orte_hnp_uri', 'TPU_WORKER_HOSTNAMES',
+              'TPU_PROCESS_ADDRESSES', 'MEGASCALE_COORDINATOR_ADDRESS'):
+    monkeypatch.delenv(key, raising=False)
+  assert parallel.initialize() is None and parallel.initialize(None, 1, 0) is None
+  slurm = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'node[1-2]', 'SLURM_PROCID': '1', 'SLURM_LOCALID': '0'}
+  for key, value in slurm.items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.setenv('SLURM_NTASKS', '1')  # a one-task job (a sweep trial): one process
+  assert parallel.cluster_environment() is None and parallel.initialize() is None
+  assert calls == []
+  monkeypatch.setenv('SLURM_NTASKS', '2')
+  assert parallel.cluster_environment() == 'SLURM'
+  parallel.initialize()
+  assert calls == [(None, None, None)]  # JAX reads the rest from SLURM's variables
+  parallel.initialize('10.0.0.1:1234', 2, 1)
+  assert calls[-1] == ('10.0.0.1:1234', 2, 1)
+  with pytest.raises(UserError, match=r'--process_id=2 must be in 0..1'):
+    parallel.initialize('10.0.0.1:1234', 2, 2)
