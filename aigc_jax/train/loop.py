@@ -111,10 +111,10 @@ def _sampler(method: methods.Method, devs: parallel.Devices, num: int,
 
 
 def _write_samples(workdir: str, step: int, outputs: dict[str, Any], overwrite: bool = True) -> list[str]:
-  """Writes the decoded samples into samples/, and prints any text among them."""
+  """Writes the decoded samples into samples/, and prints any text among them with its per-sample scores."""
   paths = writers.write_samples(workdir, step, outputs, overwrite)
   if 'text' in outputs:
-    _say(writers.text_document(outputs['text']).rstrip('\n'))
+    _say(writers.text_document(outputs['text'], {k: v for k, v in outputs.items() if k != 'text'}).rstrip('\n'))
   return paths
 
 

@@ -130,9 +130,14 @@ def class_rows(images_NHWC: np.ndarray, labels_N: np.ndarray) -> np.ndarray:
   return rows
 
 
-def text_document(texts: Sequence[str]) -> str:
-  """Text samples as one document: each sample followed by a separator line."""
-  return ''.join(f'{t}\n{TEXT_SEPARATOR}\n' for t in texts)
+def text_document(texts: Sequence[str], scores: Mapping[str, Sequence[float]] | None = None) -> str:
+  """Text samples as one document: each sample followed by a separator line.
+
+  With `scores` (name -> one number per sample), each sample is followed by a line of its numbers first.
+  """
+  notes = ['(' + ', '.join(f'{k} {v[i]:.4f}' for k, v in scores.items()) + ')\n' if scores else ''
+           for i in range(len(texts))]
+  return ''.join(f'{t}\n{note}{TEXT_SEPARATOR}\n' for t, note in zip(texts, notes))
 
 
 def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite: bool = True) -> list[str]:
