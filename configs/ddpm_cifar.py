@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.dropout = 0.1
   model.num_groups = 32
   model.dtype = 'auto'        # bfloat16 compute on GPUs/TPUs, float32 on CPUs (methods/precision.py)
+  model.num_classes = 0       # > 0: class-conditional (classifier-free guidance); 0: no label path
+  model.label_dropout = 0.1   # class-conditional: share of training labels replaced by the null class
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.num_timesteps = 1000
@@ -29,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.method = 'ancestral'  # or 'ddim'
   config.sample.steps = 100           # DDIM steps
   config.sample.eta = 0.0             # DDIM: 0 deterministic, 1 ancestral-like
+  config.sample.guidance_scale = 0.0  # class-conditional: w in (1 + w) eps(x, c) - w eps(x, null)
+  config.sample.labels = ()           # class-conditional: the classes to draw; () = all, evenly
 
   config.eval.bits_per_dim = True     # --mode=eval: the variational bound (one network call per timestep)
   return config

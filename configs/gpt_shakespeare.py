@@ -61,6 +61,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.top_k = 200       # 0: off
   config.sample.top_p = 1.0       # 1: off
   config.sample.kv_cache = True   # False: every token recomputes its whole context (slow reference)
+  config.sample.method = 'sample'  # or 'beam': beam search (deterministic; the keys below)
+  config.sample.num_beams = 5
+  config.sample.length_penalty = 1.0  # beam: a hypothesis scores sum log p / (new tokens) ** this
+  config.sample.no_repeat_ngram_size = 0  # beam: no n-gram of this size twice (0: off)
+  config.sample.end_token = ''    # beam: the token that ends a hypothesis early, e.g. '\n' ('' = none)
 
   config.eval.batch_size = 64
   config.eval.num_batches = 0

@@ -193,7 +193,7 @@ def test_cached_decoding_matches_recomputing_the_prefix(model_and_params):
 def test_greedy_generation_equals_greedy_recomputation(model_and_params, length):
   model, params, forward, _ = model_and_params
   prompt = np.array([[1, 2, 3], [4, 4, 0]], np.int32)
-  got = jax.jit(lambda p, pr: lm.generate(model, p, pr, jax.random.PRNGKey(0), length, temperature=0.0))(
+  got, _ = jax.jit(lambda p, pr: lm.generate(model, p, pr, jax.random.PRNGKey(0), length, temperature=0.0))(
       params, prompt)
   seqs = [list(row) for row in prompt]
   for _ in range(length):
@@ -211,7 +211,9 @@ def test_sampling_with_the_cache_draws_what_recomputation_draws(model_and_params
   prompt = np.array([[1, 2, 3], [4, 4, 0]], np.int32)
   draw = jax.jit(lambda p, pr, kv: lm.generate(model, p, pr, jax.random.PRNGKey(5), length, temperature=1.0,
                                                top_k=8, kv_cache=kv), static_argnums=2)
-  np.testing.assert_array_equal(draw(params, prompt, True), draw(params, prompt, False))
+  (tok, logp), (ref_tok, ref_logp) = draw(params, prompt, True), draw(params, prompt, False)
+  np.testing.assert_array_equal(tok, ref_tok)
+  np.testing.assert_allclose(logp, ref_logp, atol=1e-5)
 
 
 def test_next_token_filters():
@@ -407,3 +409,31 @@ def test_cli_trains_then_samples_text(sonnet_file, tmp_path):
   assert '2 samples from step 2' in sample.stdout
   assert sample.stdout.count('Thou') >= 2 and sample.stdout.count('-' * 40) == 2
   assert os.path.exists(tmp_path / 'samples' / 'step_2.txt')
+
+
+def test_beam_search_through_sample_mode_prints_text_and_log_probability(trained, capsys):
+  workdir, copy, _ = trained
+  config = tiny_lm_config(copy)
+  config.sample.update({'method': 'beam', 'num': 2, 'num_beams': 3, 'no_repeat_ngram_size': 2, 'end_token': '\n',
+                        'prompt': 'Shall', 'length': BLOCK + 4})
+  out = loop.sample(config, workdir)
+  text = out['text'][0]
+  assert out['text'] == [text, text] and text.startswith('Shall')  # deterministic: every sample is the best beam
+  assert len({text[i:i + 2] for i in range(len(text) - 1)}) == len(text) - 1  # no character pair twice
+  assert (text.endswith('\n') and text.count('\n') == 1) or ('\n' not in text and len(text) == 5 + BLOCK + 4)
+  assert out['logprob_per_token'][0] < 0
+  assert f'{text}\n(logprob_per_token {out["logprob_per_token"][0]:.4f})\n' + '-' * 40 in capsys.readouterr().out
+
+
+def test_decoding_settings_are_clear_errors(config):
+  config.sample.method = 'nucleus'
+  with pytest.raises(UserError, match="sample.method='nucleus' is unknown: use 'sample' .* or 'beam'"):
+    lm.LM.check_config(config)
+  config.sample.method = 'beam'
+  config.sample.num_beams = 0
+  with pytest.raises(UserError, match='sample.num_beams=0 must be >= 1'):
+    lm.LM.check_config(config)
+  config.sample.num_beams = 2
+  config.sample.end_token = '\n\n'
+  with pytest.raises(UserError, match=r"sample.end_token='\\n\\n' is 2 tokens, not one"):
+    lm.LM(config, parallel.AXIS, _info())

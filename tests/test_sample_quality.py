@@ -112,3 +112,39 @@ def test_eval_mode_and_periodic_eval_report_fid_and_bits_per_dim(cache_dir, tiny
   assert json.load(open(tmp_path / f'eval_{step}.json')) == pytest.approx(result)
   assert result['num_samples'] == 24 and result['eval/fid_classifier_digits'] > 0
   assert 0 < result['eval/bits_per_dim'] and 'eval/is_classifier_digits' in result
+
+
+def test_class_accuracy_is_the_share_assigned_to_the_requested_class(cache_dir):
+  config = _ddpm_digits()
+  real, labels = images.load(config.data, 'test')
+  devs = parallel.devices()
+  right, _ = sample_quality.image_metrics(config, real, devs, cache_dir, labels_N=labels)
+  wrong, _ = sample_quality.image_metrics(config, real, devs, cache_dir, labels_N=(labels + 1) % 10)
+  assert right['class_accuracy_classifier_digits'] > 0.7 > 0.2 > wrong['class_accuracy_classifier_digits']
+  assert 'class_accuracy_classifier_digits' not in sample_quality.image_metrics(config, real, devs, cache_dir)[0]
+  np.testing.assert_allclose(sample_quality.class_accuracy(np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 1, 2])), 0.75)
+
+
+def test_eval_of_a_class_conditional_model_reports_class_accuracy_beside_fid(cache_dir, tmp_path, monkeypatch):
+  from tests.test_guidance import tiny_cond_config
+  monkeypatch.setenv(feature_net.CACHE_ENV, cache_dir)
+  config = tiny_cond_config()
+  config.training.sample_every = 0
+  config.eval.num_samples = 30
+  config.eval.sample_batch = 10
+  config.eval.bits_per_dim = False
+  judged = {}
+  image_metrics = sample_quality.image_metrics
+
+  def spy(config, images_NHWC, devs, *args, labels_N=None, **kw):
+    judged['labels'] = labels_N
+    return image_metrics(config, images_NHWC, devs, *args, labels_N=labels_N, **kw)
+  monkeypatch.setattr(sample_quality, 'image_metrics', spy)
+  loop.train(config, str(tmp_path))
+  result = loop.evaluate(config, str(tmp_path))
+  np.testing.assert_array_equal(judged['labels'], np.arange(30) % 10)  # three sampler calls, each over all classes
+  assert result['num_samples'] == 30 and result['eval/fid_classifier_digits'] > 0
+  assert 0.0 <= result['eval/class_accuracy_classifier_digits'] <= 1.0
+  config.eval.sample_batch = 8
+  with pytest.raises(UserError, match='eval.sample_batch=8 must be a multiple of the 10 classes drawn'):
+    loop.evaluate(config, str(tmp_path))

@@ -122,10 +122,18 @@ def classifier_summary(logits_NK: np.ndarray) -> dict[str, float]:
   return {'confidence': float(p_NK.max(1).mean()), 'class_entropy': abs(float((nz * np.log(nz)).sum()))}
 
 
+def class_accuracy(logits_NK: np.ndarray, labels_N: np.ndarray) -> float:
+  """The share of samples whose most likely class is the one they were asked to be."""
+  return float(np.mean(np.argmax(logits_NK, axis=1) == np.asarray(labels_N)))
+
+
 def image_metrics(config: ml_collections.ConfigDict, images_NHWC: np.ndarray, devs: parallel.Devices,
-                  cache_dir: str | None = None,
-                  nets: list[Network] | None = None) -> tuple[dict[str, float], list[str]]:
+                  cache_dir: str | None = None, nets: list[Network] | None = None,
+                  labels_N: np.ndarray | None = None) -> tuple[dict[str, float], list[str]]:
   """FID / IS / KID (and, for classifiers, confidence and class entropy) of uint8 samples.
+
+  With `labels_N`, the classes a class-conditional model was asked for, each classifier also
+  reports `class_accuracy_<net>`: the share of samples it assigns to their requested class.
 
   Compared with the real images of `eval.reference_split`; with `data.pad` the samples lose
   that border first, as the data set's images never had it. Returns the metrics and the
@@ -152,6 +160,8 @@ def image_metrics(config: ml_collections.ConfigDict, images_NHWC: np.ndarray, de
         feats, ref['features'], subset_size=min(1000, len(feats), len(ref['features'])))
     if net.is_classifier:
       result.update({f'{k}_{net.name}': v for k, v in classifier_summary(logits).items()})
+      if labels_N is not None:
+        result[f'class_accuracy_{net.name}'] = class_accuracy(logits, labels_N)
   return result, missing
 
 

@@ -57,7 +57,8 @@ class Method(Protocol):
     """Host side: the gathered arrays of `sample` (and `sample_from_examples`) as what `writers.write_samples` writes.
 
     {'images': uint8 [N, H, W, C]} for image methods, with optionally more uint8 image arrays
-    under other names ([N, H, W, C], or laid out as [rows, cols, H, W, C]); {'text': [N strings]} for text.
+    under other names ([N, H, W, C], or laid out as [rows, cols, H, W, C]) and 'labels' (int [N],
+    the classes a class-conditional sampler was asked for); {'text': [N strings]} for text.
     """
 
 

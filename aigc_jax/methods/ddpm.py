@@ -2,10 +2,12 @@
 
 The forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) with linear betas;
 the model predicts the noise; the reverse process uses the posterior q(x_{t-1} | x_t, x_0)
-with x_0 predicted from the noise, and the "fixed large" variance beta_t.
+with x_0 predicted from the noise, and the "fixed large" variance beta_t. With
+`model.num_classes` > 0 the model is class-conditional and samples with classifier-free
+guidance (`guidance.py`).
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -15,6 +17,7 @@ import numpy as np
 import optax
 
 from aigc_jax.errors import UserError
+from aigc_jax.methods import guidance
 from aigc_jax.methods import precision
 from aigc_jax.methods import randomness
 from aigc_jax.models.unet import UNet
@@ -134,7 +137,9 @@ class DDPM:
     self.model = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                       attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                       num_groups=m.num_groups, out_ch=config.data.channels,
-                      dtype=precision.compute_dtype(m.dtype))
+                      num_classes=m.num_classes, dtype=precision.compute_dtype(m.dtype))
+    self.num_classes = m.num_classes  # the null class (no label) is label num_classes
+    self.label_dropout = m.label_dropout
     d = config.diffusion
     self.schedule = linear_schedule(d.num_timesteps, d.beta_start, d.beta_end)
     self.tx, self.lr_schedule = optim.create(config.optim, config.training.num_train_steps)
@@ -147,6 +152,7 @@ class DDPM:
     """The UNet's shape constraints and the sampler settings, checked before any data load or compile."""
     _validate_unet(config.model, config.data.image_size)
     precision.compute_dtype(config.model.dtype)
+    _validate_conditioning(config.model, config.sample, config.eval)
     if config.sample.method not in ('ancestral', 'ddim'):
       raise UserError(f"sample.method={config.sample.method!r} is unknown: use 'ancestral' or 'ddim'")
     if config.sample.method == 'ddim':
@@ -154,8 +160,19 @@ class DDPM:
 
   def init(self, rng: jax.Array) -> state_lib.TrainState:
     x = jnp.zeros((1,) + self.image_shape, jnp.float32)
-    params = self.model.init({'params': rng}, x, jnp.zeros((1,), jnp.int32), train=False)['params']
+    zeros = jnp.zeros((1,), jnp.int32)
+    params = self.model.init({'params': rng}, x, zeros, train=False,
+                             label_B=zeros if self.num_classes else None)['params']
     return state_lib.create(params, self.tx, jax.random.fold_in(rng, 1))
+
+  def _labels(self, batch: dict[str, Any]) -> jax.Array | None:
+    """The batch's class labels for a class-conditional model, None for an unconditional one."""
+    if not self.num_classes:
+      return None
+    if 'label' not in batch:
+      raise UserError(f'model.num_classes={self.num_classes} needs labelled images, but this data source has '
+                      'none: use one with labels (an .npz needs a `labels` array) or set model.num_classes=0')
+    return batch['label']
 
   def _noised(self, x0: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(x_t, t, noise) with t and noise drawn per example from a key of its global index.
@@ -173,9 +190,13 @@ class DDPM:
     rng_noise, rng_dropout = jax.random.split(rng)
     xt, t, noise = self._noised(batch['image'], rng_noise)
     rng_dropout = jax.random.fold_in(rng_dropout, jax.lax.axis_index(self.axis_name))
+    label_B = self._labels(batch)
+    if label_B is not None:  # the null class in place of some labels teaches the unconditional model
+      label_B = guidance.drop_labels(label_B, jax.random.fold_in(rng, 2), self.label_dropout, self.num_classes,
+                                     self.axis_name)
 
     def loss_fn(params):
-      eps = self.model.apply({'params': params}, xt, t, train=True, rngs={'dropout': rng_dropout})
+      eps = self.model.apply({'params': params}, xt, t, train=True, label_B=label_B, rngs={'dropout': rng_dropout})
       return jnp.mean(jnp.square(eps - noise))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -187,22 +208,28 @@ class DDPM:
 
   def eval_step(self, state: state_lib.TrainState, batch: dict[str, Any],
                 rng: jax.Array) -> dict[str, jax.Array]:
-    """The denoising loss of the EMA parameters on held-out images, and their bound in bits/dim."""
+    """The denoising loss of the EMA parameters on held-out images, and their bound in bits/dim.
+
+    A class-conditional model is judged given each image's label: -log p(x | c).
+    """
     xt, t, noise = self._noised(batch['image'], rng)
-    eps = self.model.apply({'params': state.ema_params}, xt, t, train=False)
+    label_B = self._labels(batch)
+    eps = self.model.apply({'params': state.ema_params}, xt, t, train=False, label_B=label_B)
     metrics = {'loss': jnp.mean(jnp.square(eps - noise))}
     if self.eval_bits_per_dim:
-      metrics.update(self.bits_per_dim(state.ema_params, batch['image'], jax.random.fold_in(rng, 1)))
+      metrics.update(self.bits_per_dim(state.ema_params, batch['image'], jax.random.fold_in(rng, 1), label_B))
     return jax.lax.pmean(metrics, self.axis_name)
 
-  def bits_per_dim(self, params: Any, x0: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+  def bits_per_dim(self, params: Any, x0: jax.Array, rng: jax.Array,
+                   label_B: jax.Array | None = None) -> dict[str, jax.Array]:
     """The variational bound -log p(x_0) <= L_T + sum_{t>1} L_{t-1} + L_0 of Ho et al., in bits/dim.
 
     L_T = KL(q(x_T|x_0) || N(0, I)); L_{t-1} = KL(q(x_{t-1}|x_t, x_0) || p(x_{t-1}|x_t)) with
     the sampler's clipped x_0 prediction and fixed-large variance, at one x_t ~ q(x_t|x_0) per
     image and t; L_0 = -log p(x_0|x_1) under the discretized Gaussian decoder. Every
     timestep is visited (one network call each, in a scan); noise is keyed by the example's
-    global index, as in training, so the result does not depend on the device split.
+    global index, as in training, so the result does not depend on the device split. With
+    `label_B` (class-conditional models) it bounds -log p(x_0 | label).
     """
     s = self.schedule
     B, T = x0.shape[0], s.num_timesteps
@@ -216,8 +243,8 @@ class DDPM:
       t_B = jnp.full((B,), t, jnp.int32)
       noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), x0.shape[1:]))(keys)
       xt = q_sample(s, x0, t_B, noise)
-      x0_hat = jnp.clip(predict_x0(s, xt, t_B, self.model.apply({'params': params}, xt, t_B, train=False)),
-                        -1.0, 1.0)
+      eps = self.model.apply({'params': params}, xt, t_B, train=False, label_B=label_B)
+      x0_hat = jnp.clip(predict_x0(s, xt, t_B, eps), -1.0, 1.0)
       model_mean, _ = q_posterior(s, x0_hat, xt, t_B)
       model_logvar = s.fixed_large_log_variance[t]
       true_mean, true_var = q_posterior(s, x0, xt, t_B)
@@ -236,19 +263,33 @@ class DDPM:
     return means
 
   def sample(self, state: state_lib.TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
-    """`num` images from the EMA parameters with `config.sample.method`, one jitted loop."""
+    """`num` images from the EMA parameters with `config.sample.method`, one jitted loop.
+
+    A class-conditional model draws the classes `sample.labels` (default: all, evenly) with
+    guidance scale `sample.guidance_scale`; the labels come back beside the images.
+    """
     params = state.ema_params
+
+    def apply(x, t_B, label_B=None):
+      return self.model.apply({'params': params}, x, t_B, train=False, label_B=label_B)
+
+    if not self.num_classes:
+      return {'images': to_uint8(self.denoise(apply, rng, num))}
+    classes = tuple(self.sample_cfg.labels) or tuple(range(self.num_classes))
+    label_B = guidance.sample_labels(num, classes, self.axis_name)
+    scale = self.sample_cfg.guidance_scale
+    x = self.denoise(lambda x, t_B: guidance.guided_eps(apply, x, t_B, label_B, scale, self.num_classes), rng, num)
+    return {'images': to_uint8(x), 'labels': label_B}
+
+  def denoise(self, eps_fn: Callable[[jax.Array, jax.Array], jax.Array], rng: jax.Array, num: int) -> jax.Array:
+    """`num` samples in [-1, 1] by `config.sample.method`, with the noise predicted by `eps_fn(x_t, t_B)`."""
     s = self.schedule
-
-    def eps_fn(x, t):
-      return self.model.apply({'params': params}, x, jnp.full((num,), t, jnp.int32), train=False)
-
     x = jax.random.normal(rng, (num,) + self.image_shape)
     if self.sample_cfg.method == 'ancestral':
       def body(i, x):
         t = s.num_timesteps - 1 - i
         t_B = jnp.full((num,), t, jnp.int32)
-        x0 = jnp.clip(predict_x0(s, x, t_B, eps_fn(x, t)), -1.0, 1.0)
+        x0 = jnp.clip(predict_x0(s, x, t_B, eps_fn(x, t_B)), -1.0, 1.0)
         mean, _ = q_posterior(s, x0, x, t_B)
         z = jax.random.normal(jax.random.fold_in(rng, t), x.shape)
         return mean + (t > 0) * jnp.exp(0.5 * s.fixed_large_log_variance[t]) * z
@@ -262,16 +303,16 @@ class DDPM:
       def body(i, x):
         t_B = jnp.full((num,), ts[i], jnp.int32)
         abar, abar_prev = abar_S[i], abar_prev_S[i]
-        eps = eps_fn(x, ts[i])
+        eps = eps_fn(x, t_B)
         x0 = jnp.clip(predict_x0(s, x, t_B, eps), -1.0, 1.0)
         sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
         z = jax.random.normal(jax.random.fold_in(rng, i), x.shape)
         return jnp.sqrt(abar_prev) * x0 + jnp.sqrt(1.0 - abar_prev - sigma**2) * eps + sigma * z
       x = jax.lax.fori_loop(0, ts.shape[0], body, x)
-    return {'images': to_uint8(x)}
+    return x
 
   def decode_samples(self, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The uint8 images are written as they are."""
+    """The uint8 images (and a conditional model's requested labels) are written as they are."""
     return samples
 
 
@@ -290,3 +331,27 @@ def _validate_unet(m: ml_collections.ConfigDict, image_size: int) -> None:
     if r not in resolutions:
       raise UserError(f'model.attn_resolutions contains {r}, but the UNet levels have resolutions '
                       f'{resolutions}: pick from those')
+
+
+def _validate_conditioning(m: ml_collections.ConfigDict, s: ml_collections.ConfigDict,
+                           e: ml_collections.ConfigDict) -> None:
+  """Class conditioning and guidance settings, checked before anything compiles."""
+  if m.num_classes < 0:
+    raise UserError(f'model.num_classes={m.num_classes} must be >= 0 (0: unconditional)')
+  if not 0.0 <= m.label_dropout < 1.0:
+    raise UserError(f'model.label_dropout={m.label_dropout} must be in [0, 1)')
+  if not m.num_classes:
+    if s.guidance_scale or s.labels:
+      raise UserError('sample.guidance_scale and sample.labels need a class-conditional model: set '
+                      'model.num_classes (e.g. configs/ddpm_digits_cond.py) or leave them at 0 and ()')
+    return
+  if s.guidance_scale < -1.0:
+    raise UserError(f'sample.guidance_scale={s.guidance_scale} must be >= -1 (0: the conditional model alone, '
+                    '-1: the unconditional one)')
+  bad = [c for c in s.labels if not 0 <= c < m.num_classes]
+  if bad:
+    raise UserError(f'sample.labels has {bad}, outside the classes 0..{m.num_classes - 1} of model.num_classes')
+  num_drawn = len(s.labels) or m.num_classes
+  if max(e.num_samples, e.num_samples_in_training) > e.sample_batch and e.sample_batch % num_drawn:
+    raise UserError(f'eval.sample_batch={e.sample_batch} must be a multiple of the {num_drawn} classes drawn: '
+                    'each sampler call cycles through them, so that the samples judged are class-balanced')

@@ -7,6 +7,7 @@ cache in one call, a `lax.scan` then adds one token per step attending to the ca
 past `data.block_size` positions a second scan re-reads the last block_size tokens at
 every step (the position embedding ends there, so cached keys cannot be reused).
 `sample.kv_cache=False` recomputes every token's whole context instead: the slow reference.
+`sample.method='beam'` decodes by beam search (`beam_search.py`) instead of sampling.
 """
 
 import math
@@ -20,6 +21,7 @@ import optax
 
 from aigc_jax.data import tokenizers
 from aigc_jax.errors import UserError
+from aigc_jax.methods import beam_search
 from aigc_jax.methods import precision
 from aigc_jax.models.transformer import Transformer
 from aigc_jax.models.transformer import empty_cache
@@ -51,51 +53,57 @@ def next_token(logits_BV: jax.Array, rng: jax.Array, temperature: float, top_k: 
 
 def generate(model: Transformer, params: Any, prompt_BP: jax.Array, rng: jax.Array, length: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             kv_cache: bool = True) -> jax.Array:
-  """The prompts followed by `length` sampled tokens: int32 [B, P + length]; P <= block_size.
+             kv_cache: bool = True) -> tuple[jax.Array, jax.Array]:
+  """The prompts followed by `length` sampled tokens, int32 [B, P + length], and each token's log-probability.
 
-  The token at position q is drawn with the key fold_in(rng, q), so both ways of computing
-  the logits draw the same tokens. Without `kv_cache` every token re-reads its whole context
-  (the reference the cache is checked and timed against).
+  The log-probabilities (float32 [B, P + length], 0 at the prompt) are the model's own, at
+  temperature 1 and unfiltered: how likely the model finds the text. The token at position q
+  is drawn with the key fold_in(rng, q), so both ways of computing the logits draw the same
+  tokens. Without `kv_cache` every token re-reads its whole context (the reference the cache
+  is checked and timed against). P <= block_size.
   """
   B, P = prompt_BP.shape
   L, S = P + length, model.block_size
   tok_BL = jnp.zeros((B, L), jnp.int32).at[:, :P].set(prompt_BP)
 
-  def draw(logits_BV, q):
-    return next_token(logits_BV, jax.random.fold_in(rng, q), temperature, top_k, top_p)
+  def put(seq, logits_BV, q):
+    """Draws the token at position q from `logits_BV` into seq = (tokens, log-probabilities)."""
+    tok_BL, logp_BL = seq
+    t_B = next_token(logits_BV, jax.random.fold_in(rng, q), temperature, top_k, top_p)
+    logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV.astype(jnp.float32)), t_B[:, None], axis=1)
+    return (jax.lax.dynamic_update_slice_in_dim(tok_BL, t_B[:, None], q, axis=1),
+            jax.lax.dynamic_update_slice_in_dim(logp_BL, logp_B, q, axis=1))
 
+  seq = (tok_BL, jnp.zeros((B, L), jnp.float32))
   if kv_cache:
     logits_BPV, cache = model.apply({'params': params}, prompt_BP, empty_cache(model, B), 0,
                                     method=Transformer.decode)
-    tok_BL = tok_BL.at[:, P].set(draw(logits_BPV[:, -1], P))
+    seq = put(seq, logits_BPV[:, -1], P)
 
     def cached_step(carry, p):
       """Feeds the token at position p (< S) and draws the one at p + 1."""
-      tok_BL, cache = carry
-      logits_B1V, cache = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(tok_BL, p, 1, axis=1),
+      seq, cache = carry
+      logits_B1V, cache = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(seq[0], p, 1, axis=1),
                                       cache, p, method=Transformer.decode)
-      tok_BL = jax.lax.dynamic_update_slice_in_dim(tok_BL, draw(logits_B1V[:, 0], p + 1)[:, None], p + 1, axis=1)
-      return (tok_BL, cache), None
+      return (put(seq, logits_B1V[:, 0], p + 1), cache), None
 
-    (tok_BL, _), _ = jax.lax.scan(cached_step, (tok_BL, cache), jnp.arange(P, min(L - 1, S)))
+    (seq, _), _ = jax.lax.scan(cached_step, (seq, cache), jnp.arange(P, min(L - 1, S)))
   else:
-    def full_step(tok_BL, q):
+    def full_step(seq, q):
       """Draws the token at position q (<= S) from all positions before it, recomputed."""
-      logits_BTV = model.apply({'params': params}, tok_BL[:, :min(L, S)])
-      logits_BV = jax.lax.dynamic_index_in_dim(logits_BTV, q - 1, axis=1, keepdims=False)
-      return jax.lax.dynamic_update_slice_in_dim(tok_BL, draw(logits_BV, q)[:, None], q, axis=1), None
+      logits_BTV = model.apply({'params': params}, seq[0][:, :min(L, S)])
+      return put(seq, jax.lax.dynamic_index_in_dim(logits_BTV, q - 1, axis=1, keepdims=False), q), None
 
-    tok_BL, _ = jax.lax.scan(full_step, tok_BL, jnp.arange(P, min(L - 1, S) + 1))
+    seq, _ = jax.lax.scan(full_step, seq, jnp.arange(P, min(L - 1, S) + 1))
 
-  def window_step(tok_BL, q):
+  def window_step(seq, q):
     """Draws the token at position q (> S) from the S tokens before it."""
-    logits_BSV = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(tok_BL, q - S, S, axis=1))
-    return jax.lax.dynamic_update_slice_in_dim(tok_BL, draw(logits_BSV[:, -1], q)[:, None], q, axis=1), None
+    logits_BSV = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(seq[0], q - S, S, axis=1))
+    return put(seq, logits_BSV[:, -1], q), None
 
   if L > S + 1:
-    tok_BL, _ = jax.lax.scan(window_step, tok_BL, jnp.arange(S + 1, L))
-  return tok_BL
+    seq, _ = jax.lax.scan(window_step, seq, jnp.arange(S + 1, L))
+  return seq
 
 
 class LM:
@@ -119,6 +127,13 @@ class LM:
     if len(self.prompt_P) > config.data.block_size:
       raise UserError(f'sample.prompt is {len(self.prompt_P)} tokens, longer than data.block_size='
                       f'{config.data.block_size}: shorten it')
+    self.end_id = None
+    if s.end_token:
+      end = self.tokenizer.encode(s.end_token, what=f'sample.end_token={s.end_token!r}')
+      if len(end) != 1:
+        raise UserError(f'sample.end_token={s.end_token!r} is {len(end)} tokens, not one: give a single '
+                        f'{self.tokenizer.unit} (or \'\' for none)')
+      self.end_id = int(end[0])
     self.sample_cfg = s
 
   @staticmethod
@@ -142,6 +157,13 @@ class LM:
       raise UserError(f'sample.top_k={s.top_k} must be >= 0 (0: no top-k filter)')
     if not 0.0 < s.top_p <= 1.0:
       raise UserError(f'sample.top_p={s.top_p} must be in (0, 1] (1: no nucleus filter)')
+    if s.method not in ('sample', 'beam'):
+      raise UserError(f"sample.method={s.method!r} is unknown: use 'sample' (temperature / top-k / top-p) or "
+                      "'beam' (beam search)")
+    if s.num_beams < 1:
+      raise UserError(f'sample.num_beams={s.num_beams} must be >= 1')
+    if s.no_repeat_ngram_size < 0:
+      raise UserError(f'sample.no_repeat_ngram_size={s.no_repeat_ngram_size} must be >= 0 (0: no restriction)')
 
   def init(self, rng: jax.Array) -> state_lib.TrainState:
     tok_BT = jnp.zeros((1, self.model.block_size), jnp.int32)
@@ -177,12 +199,29 @@ class LM:
     return {**means, 'perplexity': math.exp(means['loss'])}
 
   def sample(self, state: state_lib.TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
-    """`num` continuations of `sample.prompt` from the EMA parameters: {'tokens': int32 [num, P + length]}."""
-    s = self.sample_cfg
-    prompt_BP = jnp.tile(jnp.asarray(self.prompt_P)[None], (num, 1))
-    return {'tokens': generate(self.model, state.ema_params, prompt_BP, rng, s.length,
-                               s.temperature, s.top_k, s.top_p, s.kv_cache)}
+    """`num` continuations of `sample.prompt` from the EMA parameters.
 
-  def decode_samples(self, samples: dict[str, np.ndarray]) -> dict[str, list[str]]:
-    """The sampled token ids as text: {'text': [num strings]}."""
-    return {'text': [self.tokenizer.decode(row) for row in samples['tokens']]}
+    {'tokens': int32 [num, P + length], 'num_new': int32 [num] new tokens (fewer where beam
+    search stopped at the end token), 'logprob': float32 [num] their summed log-probability
+    under the model}. Beam search is deterministic: its `num` continuations are the same one.
+    """
+    s = self.sample_cfg
+    if s.method == 'beam':
+      beams = beam_search.beam_search(self.model, state.ema_params, jnp.asarray(self.prompt_P)[None], s.length,
+                                      s.num_beams, s.length_penalty, s.no_repeat_ngram_size, self.end_id)
+      logprob_B = beams.score_B * beams.num_new_B.astype(jnp.float32) ** s.length_penalty
+      return jax.tree.map(lambda x: jnp.repeat(x, num, axis=0),
+                          {'tokens': beams.tokens_BL, 'num_new': beams.num_new_B, 'logprob': logprob_B})
+    prompt_BP = jnp.tile(jnp.asarray(self.prompt_P)[None], (num, 1))
+    tok_BL, logp_BL = generate(self.model, state.ema_params, prompt_BP, rng, s.length,
+                               s.temperature, s.top_k, s.top_p, s.kv_cache)
+    return {'tokens': tok_BL, 'num_new': jnp.full((num,), s.length, jnp.int32), 'logprob': logp_BL.sum(axis=1)}
+
+  def decode_samples(self, samples: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The samples as text, and each one's mean log-probability per new token.
+
+    {'text': [num strings], 'logprob_per_token': float [num]}; text stops after the end token.
+    """
+    P = len(self.prompt_P)
+    return {'text': [self.tokenizer.decode(row[:P + n]) for row, n in zip(samples['tokens'], samples['num_new'])],
+            'logprob_per_token': np.asarray(samples['logprob']) / np.asarray(samples['num_new'])}

@@ -79,6 +79,9 @@ class UNet(nn.Module):
     dropout: dropout rate inside the ResBlocks (train only).
     num_groups: GroupNorm groups.
     out_ch: output channels (the image's).
+    num_classes: > 0 makes the model class-conditional: a learned embedding of the label
+      (num_classes + 1 rows, the last the "null" class of no label) is added to the time
+      embedding. 0 adds no parameters and takes no label.
   """
   ch: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
@@ -87,13 +90,18 @@ class UNet(nn.Module):
   dropout: float = 0.1
   num_groups: int = 32
   out_ch: int = 3
+  num_classes: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array, t_B: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x_BHWC: jax.Array, t_B: jax.Array, train: bool,
+               label_B: jax.Array | None = None) -> jax.Array:
+    """`label_B` (int32 [B], num_classes for the null class) is required when num_classes > 0."""
     temb = timestep_embedding(t_B, self.ch)
     temb = nn.Dense(4 * self.ch, kernel_init=_default_init, dtype=self.dtype)(temb)
     temb = nn.Dense(4 * self.ch, kernel_init=_default_init, dtype=self.dtype)(nn.swish(temb))
+    if self.num_classes:
+      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name='label_embed')(label_B)
 
     def res(h, out_ch):
       return ResBlock(out_ch, self.dropout, self.num_groups, self.dtype)(h, temb, train)

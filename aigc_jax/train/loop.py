@@ -123,10 +123,10 @@ def _sampler(method: methods.Method, devs: parallel.Devices, num: int,
 
 
 def _write_samples(workdir: str, step: int, outputs: dict[str, Any], overwrite: bool = True) -> list[str]:
-  """Writes the decoded samples into samples/, and prints any text among them."""
+  """Writes the decoded samples into samples/, and prints any text among them with its per-sample scores."""
   paths = writers.write_samples(workdir, step, outputs, overwrite)
   if 'text' in outputs:
-    _say(writers.text_document(outputs['text']).rstrip('\n'))
+    _say(writers.text_document(outputs['text'], {k: v for k, v in outputs.items() if k != 'text'}).rstrip('\n'))
   return paths
 
 
@@ -278,6 +278,9 @@ def _sample_quality(config: ml_collections.ConfigDict, method: methods.Method, s
                     devs: parallel.Devices, num: int, sampler: tuple[Callable, int]) -> dict[str, float]:
   """FID / IS / KID of `num` samples under every feature network at hand; {} for non-image samples.
 
+  Samples that carry the classes they were asked for ('labels') are also scored by how often
+  each classifier assigns them to that class.
+
   Samples are drawn by `sampler` (`_quality_sampler`) with keys of their own, apart from the
   training-time samples' keys.
   """
@@ -289,8 +292,9 @@ def _sample_quality(config: ml_collections.ConfigDict, method: methods.Method, s
   if 'images' not in chunks[0]:
     return {}
   images = np.concatenate([c['images'] for c in chunks])[:num]
+  labels = np.concatenate([c['labels'] for c in chunks])[:num] if 'labels' in chunks[0] else None
   start = time.time()
-  result, missing = sample_quality.image_metrics(config, images, devs)
+  result, missing = sample_quality.image_metrics(config, images, devs, labels_N=labels)
   for why in missing:
     _say(f'sample quality: left out: {why}')
   _say(f'sample quality of {len(images)} samples in {_format_duration(time.time() - start)}: '

@@ -4,7 +4,8 @@ The file contracts (../shared/DESIGN.md) are kept here in one place:
   metrics.jsonl          one JSON object per logged step: {"step": int, "<name>": float, ...}
   samples/step_<N>.npz   key 'images': uint8 [N, H, W, C]; step_<N>.png, a grid of the same;
                          other image arrays a method adds (e.g. 'reconstructions') in the same
-                         .npz, each also as a grid step_<N>_<name>.png
+                         .npz, each also as a grid step_<N>_<name>.png; 'labels' int32 [N], the
+                         classes a class-conditional model was asked for (its grid: one class per row)
                          (--mode=sample never overwrites: later draws are step_<N>_<k>.*)
   samples/step_<N>.txt   generated text: the samples one after another, each ended by a line of dashes
   eval_<N>.json          the metrics of --mode=eval at checkpoint step N
@@ -115,9 +116,28 @@ def image_grid(images: np.ndarray, min_cell: int = 64) -> np.ndarray:
   return grid
 
 
-def text_document(texts: Sequence[str]) -> str:
-  """Text samples as one document: each sample followed by a separator line."""
-  return ''.join(f'{t}\n{TEXT_SEPARATOR}\n' for t in texts)
+def class_rows(images_NHWC: np.ndarray, labels_N: np.ndarray) -> np.ndarray:
+  """Images laid out [classes, max per class, H, W, C], one requested class per row in label order.
+
+  Rows with fewer images than the longest are filled with white cells.
+  """
+  classes = np.unique(labels_N)
+  per_row = max(int(np.sum(labels_N == c)) for c in classes)
+  rows = np.full((len(classes), per_row) + images_NHWC.shape[1:], 255, np.uint8)
+  for r, c in enumerate(classes):
+    members = images_NHWC[labels_N == c]
+    rows[r, :len(members)] = members
+  return rows
+
+
+def text_document(texts: Sequence[str], scores: Mapping[str, Sequence[float]] | None = None) -> str:
+  """Text samples as one document: each sample followed by a separator line.
+
+  With `scores` (name -> one number per sample), each sample is followed by a line of its numbers first.
+  """
+  notes = ['(' + ', '.join(f'{k} {v[i]:.4f}' for k, v in scores.items()) + ')\n' if scores else ''
+           for i in range(len(texts))]
+  return ''.join(f'{t}\n{note}{TEXT_SEPARATOR}\n' for t, note in zip(texts, notes))
 
 
 def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite: bool = True) -> list[str]:
@@ -125,7 +145,8 @@ def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite
 
   {'images': uint8 [N, H, W, C]} becomes step_<N>.npz and .png; any other image array
   (uint8 [N, H, W, C] or [rows, cols, H, W, C]) goes into the same .npz and a grid
-  step_<N>_<name>.png; {'text': [N strings]} becomes step_<N>.txt. With `overwrite=False`
+  step_<N>_<name>.png; 'labels' (int [N], the classes asked for) goes into the .npz and puts
+  one class per row of the images' grid; {'text': [N strings]} becomes step_<N>.txt. With `overwrite=False`
   (--mode=sample) existing samples of the same step are kept and the new ones are named
   step_<N>_<k> with the first free k.
   """
@@ -142,9 +163,10 @@ def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite
     np.savez(base + '.tmp.npz', **arrays)
     os.replace(base + '.tmp.npz', base + '.npz')
     paths.append(base + '.npz')
+    labels = arrays.pop('labels', None)
     for key, images in arrays.items():
       png = base + ('.png' if key == 'images' else f'_{key}.png')
-      grid = image_grid(images)
+      grid = image_grid(class_rows(images, labels) if key == 'images' and labels is not None else images)
       Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(png)
       paths.append(png)
   if 'text' in samples:
