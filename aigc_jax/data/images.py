@@ -6,9 +6,11 @@ Sources, first match wins: an `.npz` file (`data.npz_path`, keys `images` and op
 scikit-learn's 8x8 digits (`data.name='digits'`), or a TFDS data set (`data.name`, e.g.
 'cifar10', 'mnist'). `data.pad` > 0 adds that many pixels of value 0 on every side (MNIST's
 28x28 digits on their black background become 32x32 with 2). `data.binarize` > 0 maps pixels
-to 0 or 255 at that threshold (a fraction of 255), for Bernoulli likelihoods.
+to 0 or 255 at that threshold (a fraction of 255), for Bernoulli likelihoods. Image files that
+do not decode are skipped, and their number and first paths logged once.
 """
 
+import logging
 import os
 import socket
 from typing import Any
@@ -79,12 +81,35 @@ def _stack(ds: Any) -> Labeled:
 
 
 def _image_folder(root: str, split: str) -> Labeled:
+  """The decodable images of <root>/<split>/<class>/*; the others are skipped, counted and named in the log."""
   if not os.path.isdir(os.path.join(root, split)):
     raise UserError(f'data.image_folder={root!r} has no {split!r} folder: expected '
                     f'{root}/{split}/<class>/<image files>')
   tf_cpu.tensorflow()
+  import tensorflow as tf
   import tensorflow_datasets as tfds
-  return _stack(tfds.ImageFolder(root).as_dataset(split=split, shuffle_files=False))
+  builder = tfds.ImageFolder(root)
+  ds = builder.as_dataset(split=split, shuffle_files=False).ignore_errors()  # drops files that fail to decode
+  try:
+    parts = list(tfds.as_numpy(ds.map(lambda ex: (ex['image'], ex['label'], ex['image/filename'])).batch(4096)))
+  except tf.errors.InvalidArgumentError as e:
+    raise UserError(f'data.image_folder={root!r}: the {split!r} images differ in size or channels '
+                    f'({" ".join(e.message.split())[:200]}): make them all data.image_size square with '
+                    'data.channels channels') from None
+  if not parts:
+    x, y, names = np.zeros((0, 0, 0, 0), np.uint8), np.zeros((0,), np.int32), set()
+  else:
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts]).astype(np.int32)
+    names = {n for p in parts for n in p[2]}
+  expected = builder.info.splits[split].num_examples
+  if len(x) < expected:
+    every = tfds.as_numpy(builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()}).map(
+        lambda ex: ex['image/filename']))
+    skipped = sorted(n.decode() for n in every if n not in names)
+    logging.warning('data.image_folder=%r: skipped %d of the %d %r images, which do not decode: %s%s', root,
+                    len(skipped), expected, split, ', '.join(skipped[:5]), ', ...' if len(skipped) > 5 else '')
+  return x, y
 
 
 def network_up(host: str = 'storage.googleapis.com') -> bool:
