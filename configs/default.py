@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.sample_every = 50_000  # 0: no samples during training
   training.eval_every = 0         # held-out metrics (and sample quality) during training; 0: never
   training.ema_rate = 0.9999
+  training.skip_nonfinite = False  # a step with a NaN/Inf loss or update: False stops the run, True skips it
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.num = 64

@@ -1,10 +1,22 @@
-"""Checkpoints keep the data's info beside the state; single-item checkpoints still restore."""
+"""Checkpoints keep the data's info beside the state; single-item checkpoints still restore; damaged or unwritable
+checkpoints are clear messages that never cost the earlier ones."""
 
+import glob
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from aigc_jax.train import checkpoint
+from tests.conftest import JAX_CACHE
+from tests.conftest import ROOT
 
 
 def test_data_info_is_saved_with_each_step(tmp_path):
@@ -28,3 +40,64 @@ def test_single_item_checkpoints_still_restore(tmp_path, caplog):
   assert ckpts.data_info() == {}
   assert 'unreadable' not in caplog.text  # an older layout is not a damaged checkpoint
   ckpts.close()
+
+
+def _two_steps(directory):
+  """Checkpoints of steps 1 and 2 of a state big enough to span several files; the states."""
+  states = {s: {'w': jax.random.normal(jax.random.PRNGKey(s), (5000,)), 'b': jnp.full((3, 3), float(s))}
+            for s in (1, 2)}
+  ckpts = checkpoint.Checkpoints(directory, keep=3)
+  for s, state in states.items():
+    ckpts.save(s, state, {'step': s})
+  ckpts.close()
+  return states
+
+
+@pytest.mark.parametrize('damage', ['delete', 'truncate'])
+@pytest.mark.parametrize('which', ['default/manifest.ocdbt', 'default/d/*'])
+def test_a_damaged_file_in_the_newest_step_falls_back_to_the_previous_one(tmp_path, caplog, capfd, damage, which):
+  states = _two_steps(str(tmp_path))
+  (path,) = glob.glob(str(tmp_path / '2' / which))
+  if damage == 'delete':
+    os.remove(path)
+  else:
+    os.truncate(path, os.path.getsize(path) // 2)
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep=3)
+  with caplog.at_level(logging.WARNING):
+    restored = ckpts.restore(jax.tree.map(jnp.zeros_like, states[1]))
+  np.testing.assert_array_equal(restored['w'], states[1]['w'])
+  assert re.search(r'the checkpoint of step 2 in .* is unreadable \(.*\); falling back to the one before it',
+                   caplog.text)
+  assert 'Exception ignored' not in capfd.readouterr().err  # one warning, not a traceback per abandoned read
+  ckpts.set_aside_after(1)  # what training does next: step 2 is written anew
+  assert ckpts.steps() == [1] and os.path.isdir(str(tmp_path) + '.unreadable/2')
+  ckpts.save(2, states[2], {})
+  ckpts.close()
+  np.testing.assert_array_equal(checkpoint.Checkpoints(str(tmp_path), keep=3).restore(states[1])['w'], states[2]['w'])
+
+
+def _limited(kilobytes, command):
+  """`command` in a shell whose writes past `kilobytes` in any file fail (EFBIG), as on a full disk.
+
+  SIGXFSZ is ignored so that such a write fails instead of killing the process.
+  """
+  return ['bash', '-c', f'ulimit -f {kilobytes}; trap "" XFSZ; exec "$@"', 'bash', *command]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_and_the_previous_one_stays(tmp_path):
+  from tests.test_cli import TINY
+  from tests.test_cli import _run
+  workdir = str(tmp_path / 'w')
+  args = [*TINY, f'--workdir={workdir}', '--config.training.sample_every=0']
+  first = _run(*args, '--config.training.num_train_steps=2')
+  assert first.returncode == 0, first.stderr[-2000:]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
+  full = subprocess.run(_limited(50, [sys.executable, 'run.py', *args]), cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert full.returncode == 1
+  assert full.stderr.strip().splitlines()[-1].startswith(
+      f'error: cannot write the checkpoint of step 4 to {workdir}/checkpoints: File too large; the checkpoints of '
+      'steps [2] are intact: free disk space or make the folder writable, then rerun the same command to resume')
+  again = _run(*args)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert 'resuming from step 2 of 4' in again.stdout and 'done: step 4' in again.stdout

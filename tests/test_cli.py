@@ -51,6 +51,12 @@ def test_train_then_sample_then_eval(tmp_path):
      'error: data.image_size=9 must be divisible by 2'),
     (['--config=configs/no_such_config.py'],
      "error: cannot load --config='configs/no_such_config.py'"),
+    (['--config.method=gan'],
+     "error: config key model.kind is missing, and method='gan' needs it: use a config written for method 'gan'"),
+    (['--config.method=lm'],
+     "error: method='lm' trains on text but data.kind='images': use a config written for method 'lm'"),
+    (['--config.training.skip_nonfinite=maybe'],
+     'error: flag --config.training.skip_nonfinite=maybe:'),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
   result = _run(*TINY, f'--workdir={tmp_path}', *args, devices=4)

@@ -1,5 +1,6 @@
 """Input pipelines: TFDS (mocked), ImageFolder, digits; shapes, range, determinism, sharding."""
 
+import logging
 import tarfile
 
 import numpy as np
@@ -175,6 +176,27 @@ def test_image_folder_source(tmp_path):
     images.load(cfg, 'test')
   with pytest.raises(UserError, match="no 'validation' folder"):
     images.load(cfg, 'validation')
+
+
+def test_undecodable_images_in_a_folder_are_skipped_counted_and_named(tmp_path, caplog):
+  rng = np.random.default_rng(0)
+  folder = tmp_path / 'train' / 'digit'
+  folder.mkdir(parents=True)
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f'{i}.jpg')
+  whole = (folder / '0.jpg').read_bytes()
+  (folder / 'cut.jpg').write_bytes(whole[:len(whole) // 2])  # a download cut short
+  (folder / 'text.png').write_bytes(b'not an image')
+  (folder / 'empty.jpg').write_bytes(b'')
+  cfg = ddpm_cifar.get_config().data
+  cfg.image_folder = str(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    x, y = images.load(cfg, 'train')
+  assert x.shape == (6, 32, 32, 3) and len(y) == 6
+  warnings = [r.getMessage() for r in caplog.records if 'skipped' in r.getMessage()]
+  assert len(warnings) == 1
+  assert f"skipped 3 of the 9 'train' images, which do not decode: {folder}/cut.jpg, {folder}/empty.jpg, " \
+         f'{folder}/text.png' in warnings[0]
 
 
 @pytest.mark.slow

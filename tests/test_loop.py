@@ -126,7 +126,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_checkpoints(tiny_con
   loop.train(tiny_config, workdir)
   tiny_config.training.num_train_steps = 8
   tiny_config.optim.lr = 1e30
-  with pytest.raises(UserError, match=r'non-finite .* at step 6: .*last good checkpoint \(step 4\)'):
+  with pytest.raises(UserError, match=r'non-finite .* at step [56]: .*last good checkpoint \(step 4\)'):
     loop.train(tiny_config, workdir)
   assert checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3).steps() == [2, 4]
 
@@ -146,3 +146,22 @@ def test_loop_settings_are_validated_before_compiling(tiny_config, tmp_path):
   tiny_config.training.batch_size = 6
   with pytest.raises(UserError, match='training.batch_size=6 must be a positive multiple'):
     loop.train(tiny_config, str(tmp_path))
+
+
+def test_training_resumes_past_a_damaged_newest_checkpoint_and_rewrites_it(trained, tiny_config, tmp_path, caplog):
+  workdir, _ = trained
+  import glob
+  import logging
+  import shutil
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  os.remove(os.path.join(copy, 'checkpoints', '4', 'default', 'manifest.ocdbt'))  # one file of step 4 lost
+  tiny_config.training.num_train_steps = 6
+  tiny_config.training.sample_every = 0
+  with caplog.at_level(logging.WARNING):
+    state = loop.train(tiny_config, copy)
+  assert 'the checkpoint of step 4 in' in caplog.text and 'falling back to the one before it' in caplog.text
+  assert int(state.step) == 6
+  assert checkpoint.Checkpoints(os.path.join(copy, 'checkpoints'), 3).steps() == [2, 4, 6]
+  assert glob.glob(os.path.join(copy, 'checkpoints.unreadable', '4', 'default'))
+  assert [r['step'] for r in _rows(copy)] == [2, 4, 6]

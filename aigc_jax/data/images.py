@@ -6,13 +6,15 @@ Sources, first match wins: an `.npz` file (`data.npz_path`, keys `images` and op
 scikit-learn's 8x8 digits (`data.name='digits'`), or a TFDS data set (`data.name`, e.g.
 'cifar10', 'mnist'). `data.pad` > 0 adds that many pixels of value 0 on every side (MNIST's
 28x28 digits on their black background become 32x32 with 2). `data.binarize` > 0 maps pixels
-to 0 or 255 at that threshold (a fraction of 255), for Bernoulli likelihoods.
+to 0 or 255 at that threshold (a fraction of 255), for Bernoulli likelihoods. Image files that
+do not decode are skipped, and their number and first paths logged once.
 
 In a multi-process run each process reads only its shard of the split (`data.shards`): TFDS
 through `tfds.split_for_jax_process`, image folders by skipping to it before decoding, the
 in-memory sources by slicing.
 """
 
+import logging
 import os
 import socket
 from typing import Any
@@ -84,14 +86,38 @@ def _stack(ds: Any) -> Labeled:
 
 
 def _image_folder(root: str, split: str, process_index: int, process_count: int) -> Labeled:
+  """This process's shard of the images of <root>/<split>/<class>/*; undecodable ones are skipped and logged."""
   if not os.path.isdir(os.path.join(root, split)):
     raise UserError(f'data.image_folder={root!r} has no {split!r} folder: expected '
                     f'{root}/{split}/<class>/<image files>')
   tf_cpu.tensorflow()
+  import tensorflow as tf
   import tensorflow_datasets as tfds
   builder = tfds.ImageFolder(root)
   lo, hi = shards.bounds(builder.info.splits[split].num_examples, process_index, process_count)
-  return _stack(builder.as_dataset(split=split, shuffle_files=False).skip(lo).take(hi - lo))
+  ds = builder.as_dataset(split=split, shuffle_files=False).skip(lo).take(hi - lo)
+  ds = ds.ignore_errors()  # drops files that fail to decode
+  try:
+    parts = list(tfds.as_numpy(ds.map(lambda ex: (ex['image'], ex['label'], ex['image/filename'])).batch(4096)))
+  except tf.errors.InvalidArgumentError as e:
+    raise UserError(f'data.image_folder={root!r}: the {split!r} images differ in size or channels '
+                    f'({" ".join(e.message.split())[:200]}): make them all data.image_size square with '
+                    'data.channels channels') from None
+  if not parts:
+    x, y, names = np.zeros((0, 0, 0, 0), np.uint8), np.zeros((0,), np.int32), set()
+  else:
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts]).astype(np.int32)
+    names = {n for p in parts for n in p[2]}
+  expected = hi - lo
+  if len(x) < expected:
+    every = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False,
+                                             decoders={'image': tfds.decode.SkipDecoding()}).skip(lo).take(
+                                                 hi - lo).map(lambda ex: ex['image/filename']))
+    skipped = sorted(n.decode() for n in every if n not in names)
+    logging.warning('data.image_folder=%r: skipped %d of the %d %r images, which do not decode: %s%s', root,
+                    len(skipped), expected, split, ', '.join(skipped[:5]), ', ...' if len(skipped) > 5 else '')
+  return x, y
 
 
 def network_up(host: str = 'storage.googleapis.com') -> bool:

@@ -24,6 +24,7 @@ Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 
 _REGISTRY = {'classifier': classifier.Classifier, 'ddpm': ddpm.DDPM, 'gan': gan.GAN, 'lm': lm.LM, 'vae': vae.VAE}
+_DATA_KIND = {'lm': 'text'}  # the data.kind each method trains on; 'images' if not listed
 
 
 class Method(Protocol):
@@ -68,9 +69,43 @@ def _method_class(config: ml_collections.ConfigDict) -> type:
   return _REGISTRY[config.method]
 
 
+class _Keys:
+  """A read-only view of a config whose missing keys are UserErrors naming the key's full path.
+
+  A method's `check_config` reads the keys it needs through it, so a config written for
+  another method (whose model section holds other keys) fails with the key it lacks.
+  """
+
+  def __init__(self, node: ml_collections.ConfigDict, method: str, path: str = ''):
+    self._node, self._method, self._path = node, method, path
+
+  def __getattr__(self, key: str) -> Any:
+    if key.startswith('__'):  # Python's own protocols (copy, pickle) are not config keys
+      raise AttributeError(key)
+    if key not in self._node:
+      raise UserError(f'config key {self._path}{key} is missing, and method={self._method!r} needs it: use a '
+                      f'config written for method {self._method!r} (or the method this config was written for)')
+    value = self._node[key]
+    return _Keys(value, self._method, f'{self._path}{key}.') if isinstance(value, ml_collections.ConfigDict) else value
+
+  __getitem__ = __getattr__
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._node
+
+  def keys(self) -> Any:
+    return self._node.keys()
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """The method's own settings in `config`, checked before any data load or compile."""
-  _method_class(config).check_config(config)
+  method = config.method
+  cls = _method_class(config)
+  kind = _DATA_KIND.get(method, 'images')
+  if config.data.get('kind') != kind:
+    raise UserError(f'method={method!r} trains on {kind} but data.kind={config.data.get("kind")!r}: use a config '
+                    f'written for method {method!r} (or the method this config was written for)')
+  cls.check_config(_Keys(config, method))
 
 
 def get_method(config: ml_collections.ConfigDict, axis_name: str,

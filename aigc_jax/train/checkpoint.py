@@ -9,12 +9,22 @@ Saves are asynchronous (the device-to-host copy happens before `save` returns; t
 writing goes on in the background) and atomic (Orbax writes a temporary folder and
 renames it), so a killed run leaves at worst an unfinished temporary folder, which is
 cleaned up on the next start. Restoring walks back from the newest step past any that
-fail to read, with a warning, so one damaged checkpoint never ends a run.
+fail to read, with a warning, so one damaged checkpoint never ends a run; training then
+moves the damaged steps aside (`set_aside_after`) to write those steps anew. A write that
+fails (disk full, folder gone or read-only) is one clear error once it surfaces (at the
+next save, `wait` or `close`), and leaves the earlier checkpoints as they were.
 """
 
+import contextlib
+import gc
 import logging
 import os
-from typing import Any
+import re
+import shutil
+import sys
+import time
+import warnings
+from typing import Any, Iterator
 
 import orbax.checkpoint as ocp
 
@@ -22,6 +32,7 @@ from aigc_jax.errors import UserError
 
 _STATE = 'default'
 _DATA_INFO = 'data_info'
+_SETTLE_S = 2.0  # after a failed write: time for the other writes under way to fail before the error is told
 
 
 class Checkpoints:
@@ -33,13 +44,47 @@ class Checkpoints:
         create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True)
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, item_names=(_STATE, _DATA_INFO), options=options)
+    self._writing: int | None = None  # the step whose asynchronous write may still be under way
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_info: dict[str, Any]) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        **{_STATE: ocp.args.StandardSave(state), _DATA_INFO: ocp.args.JsonSave(data_info)}), force=True)
+    """Starts writing `step` (the previous write is waited for first); returns once the state is on the host."""
+    self.wait()
+    self._writing = step
+    with self._failed_write_is_an_error():
+      self.manager.save(step, args=ocp.args.Composite(
+          **{_STATE: ocp.args.StandardSave(state), _DATA_INFO: ocp.args.JsonSave(data_info)}), force=True)
+
+  def wait(self) -> None:
+    """Waits until the last save is on disk; a UserError if it could not be written."""
+    with self._failed_write_is_an_error():
+      self.manager.wait_until_finished()
+    self._writing = None
+
+  @contextlib.contextmanager
+  def _failed_write_is_an_error(self) -> Iterator[None]:
+    """Turns a failed write of the step being written into one clear UserError naming the intact ones."""
+    try:
+      yield
+    except Exception as e:  # Orbax and TensorStore report I/O failures as many exception types
+      failed, self._writing = self._writing, None
+      _quiet_failing_writers()
+      try:
+        self.manager.close()  # lets Orbax's other writers fail now rather than after the message
+      except Exception:  # they fail for the same reason
+        pass
+      time.sleep(_SETTLE_S)  # and TensorStore's writes still in flight, which print their own tracebacks
+      try:
+        self.manager.reload()
+        good = self.steps()
+      except Exception:  # the folder itself is gone or unreadable
+        good = []
+      kept = f'the checkpoints of steps {good} are intact' if good else 'no earlier checkpoint exists'
+      raise UserError(f'cannot write the checkpoint of step {failed} to {self.directory}: {_io_reason(e)}; '
+                      f'{kept}: free disk space or make the folder writable, then rerun the same command to '
+                      'resume') from None
 
   def data_info(self) -> dict[str, Any] | None:
     """The data info of the newest step that has a readable one; {} if none has; None without checkpoints."""
@@ -66,19 +111,83 @@ class Checkpoints:
     """
     steps = [step] if step is not None else list(reversed(self.steps()))
     errors = []
-    for s in steps:
-      try:
-        return self.manager.restore(s, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))[
-            _STATE]
-      except Exception as e:  # an unreadable checkpoint: try the one before it
-        errors.append(f'step {s}: {type(e).__name__}: {" ".join(str(e).split())[:300]}')
-        logging.warning('checkpoint %s is unreadable; trying an earlier one', errors[-1])
+    with _quiet_abandoned_reads():
+      for s in steps:
+        try:
+          return self.manager.restore(s, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))[
+              _STATE]
+        except Exception as e:  # an unreadable checkpoint: try the one before it
+          errors.append(f'step {s}: {type(e).__name__}: {" ".join(str(e).split())[:300]}')
+          logging.warning('the checkpoint of step %s in %s is unreadable (%s); falling back to the one before it',
+                          s, self.directory, errors[-1])
     if errors:
       raise UserError(f'no checkpoint in {self.directory} could be restored ({errors[0]}): use the config '
                       'that wrote them (same model and optimizer), or a new workdir')
     return None
 
+  def set_aside_after(self, step: int) -> None:
+    """Moves the steps after `step` (unreadable ones that restoring passed over) to checkpoints.unreadable/.
+
+    Training goes on from `step` and will write those steps again; they are moved rather
+    than deleted, so nothing a person may want to inspect is lost.
+    """
+    newer = [s for s in self.steps() if s > step]
+    if not newer:
+      return
+    aside = self.directory.rstrip('/') + '.unreadable'
+    os.makedirs(aside, exist_ok=True)
+    for s in newer:
+      target = os.path.join(aside, str(s))
+      shutil.rmtree(target, ignore_errors=True)
+      shutil.move(os.path.join(self.directory, str(s)), target)
+      logging.warning('moved the unreadable checkpoint of step %s to %s; training resumes from step %s', s,
+                      target, step)
+    self.manager.reload()
+
   def close(self) -> None:
-    """Waits for pending writes, then releases the manager."""
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for pending writes (a UserError if one failed), then releases the manager."""
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+
+def _quiet_failing_writers() -> None:
+  """Silences the echoes of a failed write: Orbax's other writers fail in turn as the program ends.
+
+  Each would log its own 'Task exception was never retrieved' (asyncio) or warn of a
+  coroutine never awaited, burying the one error that says what happened and what to do.
+  """
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+  warnings.filterwarnings('ignore', message='coroutine .* was never awaited', category=RuntimeWarning)
+
+
+def _io_reason(error: Exception) -> str:
+  """The operating system's reason in an Orbax/TensorStore write error, else the error's first words."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  code = re.search(r"os_error_code='?(\d+)", str(error))
+  if code:
+    return os.strerror(int(code.group(1)))
+  return f'{type(error).__name__}: {" ".join(str(error).split())[:200]}'
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads() -> Iterator[None]:
+  """Drops the 'Exception ignored in <coroutine ...>' tracebacks of the reads a failed restore abandons.
+
+  Orbax reads every array concurrently; when one read fails, the others' coroutines are
+  dropped unawaited and Python prints each one's traceback when collecting it. The failure
+  itself is reported once, by the caller.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if type(unraisable.object).__name__ != 'coroutine':
+      previous(unraisable)
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous

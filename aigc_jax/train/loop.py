@@ -5,7 +5,6 @@ final checkpoint. It calls the method only through the `Method` protocol and nev
 which method it runs.
 """
 
-import math
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -18,7 +17,9 @@ from aigc_jax import data
 from aigc_jax import methods
 from aigc_jax.errors import UserError
 from aigc_jax.train import checkpoint
+from aigc_jax.train import nonfinite
 from aigc_jax.train import parallel
+from aigc_jax.train import preemption
 from aigc_jax.train import state as state_lib
 from aigc_jax.train import writers
 
@@ -130,14 +131,6 @@ def _write_samples(workdir: str, step: int, outputs: dict[str, Any], overwrite: 
   return paths
 
 
-def _check_finite(metrics: dict[str, float], step: int, last_ckpt: int | None) -> None:
-  bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-  if bad:
-    kept = f'the last good checkpoint (step {last_ckpt}) is kept' if last_ckpt else 'no checkpoint was written'
-    raise UserError(f'non-finite {bad} at step {step}: training stopped and {kept}; lower optim.lr or raise '
-                    'optim.warmup_steps / tighten optim.grad_clip, then rerun to resume')
-
-
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final state."""
@@ -152,6 +145,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   state = parallel.replicate(state if restored is None else restored, devs)
   step = int(state.step)
   last_ckpt = step if restored is not None else None
+  if restored is not None and devs.process_index == 0:
+    ckpts.set_aside_after(step)  # unreadable newer steps that the restore passed over
   writer = None
   if devs.process_index == 0:
     writers.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
@@ -161,7 +156,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
        (f'resuming from step {step}' if restored is not None else 'starting from step 0') +
        f' of {t.num_train_steps}')
 
-  p_train = parallel.train_step(method.train_step, devs, t.steps_per_call)
+  p_train = parallel.train_step(method.train_step, devs, t.steps_per_call, skip_nonfinite=t.skip_nonfinite)
+  watch = nonfinite.Watch(t.skip_nonfinite)
   eval_ds = _eval_data(config, devs, ds.info) if t.eval_every else None
   p_eval = parallel.eval_step(method.eval_step, devs) if t.eval_every else None
   n_quality = config.eval.num_samples_in_training if t.eval_every else 0
@@ -172,10 +168,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                              for a in range(step, t.num_train_steps, t.steps_per_call)), devs, t.steps_per_call)
   start_step, start_time = step, time.time()
   last_step, last_time = step, start_time
+  notice = preemption.Notice()
+  notice.install()
   try:
     while step < t.num_train_steps:
       inputs = next(calls)
       state, metrics = p_train(state, inputs)
+      watch.add(metrics)
       if step == start_step:
         jax.block_until_ready(metrics)
         age = process_age()
@@ -183,26 +182,35 @@ def train(config: ml_collections.ConfigDict, workdir: str,
              (f', {age:.1f}s after the command' if age is not None else ''))
       step += inputs.steps
       done = step == t.num_train_steps
+      stopping = notice.received is not None and not done
       do_log = step % t.log_every == 0 or done
-      do_ckpt = step % t.checkpoint_every == 0 or done
+      do_ckpt = step % t.checkpoint_every == 0 or done or stopping
       if do_log or do_ckpt:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(metrics, step, last_ckpt)
+        metrics = watch.read(last_ckpt)  # raises on a non-finite step since the last read, unless skipping
       if do_log:
         now = time.time()
         rate = (step - last_step) / (now - last_time)
         metrics['steps_per_sec'] = rate
         metrics['examples_per_sec'] = rate * t.batch_size
+        skipped = ''
+        if t.skip_nonfinite:
+          metrics[nonfinite.SKIPPED] = watch.take_skipped()
+          skipped = f' | {metrics[nonfinite.SKIPPED]:.0f} non-finite steps skipped'
         if writer:
           writer.write(step, metrics)
         first = ' (incl. compile)' if last_step == start_step else ''
         _say(f'step {step}/{t.num_train_steps} | loss {metrics["loss"]:.5f} | {rate:.2f} steps/s{first} | '
              f'{metrics["examples_per_sec"]:.1f} examples/s | '
-             f'ETA {_format_duration((t.num_train_steps - step) / rate)}')
+             f'ETA {_format_duration((t.num_train_steps - step) / rate)}{skipped}')
         last_step, last_time = step, now
       if do_ckpt:
         ckpts.save(step, state, ds.info)
         last_ckpt = step
+      if stopping:
+        ckpts.wait()
+        _say(f'{notice.received}: stopped at step {step}, its checkpoint written; rerun the same command to '
+             'resume from it')
+        break
       if eval_ds is not None and (step % t.eval_every == 0 or done):
         eval_start = time.time()
         scores = _held_out_metrics(config, method, state, p_eval, eval_ds)
@@ -220,11 +228,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           _say(f'samples: {", ".join(_write_samples(workdir, step, method.decode_samples(samples)))}')
         last_time += time.time() - sample_start  # steps/s and ETA count training time only
   finally:
+    notice.uninstall()
     ckpts.close()  # a failing or interrupted run still completes the checkpoint it was writing
     if writer:
       writer.close()
-  _say(f'done: step {step} in {_format_duration(time.time() - start_time)}; '
-       f'checkpoints at steps {ckpts.steps()} in {workdir}/checkpoints')
+  if step >= t.num_train_steps:
+    _say(f'done: step {step} in {_format_duration(time.time() - start_time)}; '
+         f'checkpoints at steps {ckpts.steps()} in {workdir}/checkpoints')
   return state
 
 

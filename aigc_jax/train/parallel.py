@@ -23,6 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from aigc_jax.errors import UserError
+from aigc_jax.train import nonfinite
 
 AXIS = 'batch'
 
@@ -130,9 +131,13 @@ def check_batch(global_batch: int, devs: Devices, key: str = 'training.batch_siz
   return global_batch // devs.global_count
 
 
-def _keyed(step_fn: Callable) -> Callable:
-  """step_fn with the key of the state's step: fold_in(state.rng, state.step)."""
-  return lambda state, batch: step_fn(state, batch, jax.random.fold_in(state.rng, state.step))
+def _keyed(step_fn: Callable, skip_nonfinite: bool = False) -> Callable:
+  """step_fn with the key of the state's step, fold_in(state.rng, state.step), and non-finite steps flagged.
+
+  With `skip_nonfinite` a non-finite step keeps the old state but advances the step (`nonfinite.guard`).
+  """
+  guarded = nonfinite.guard(step_fn, skip_nonfinite, AXIS)
+  return lambda state, batch: guarded(state, batch, jax.random.fold_in(state.rng, state.step))
 
 
 def _pmapped_step(fn: Callable, devs: Devices, donate: bool) -> Callable:
@@ -199,7 +204,7 @@ def prefetch(calls: Iterator[Sequence[Any]], devs: Devices, steps_per_call: int 
 
 
 def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
-               donate: bool = True) -> Callable:
+               donate: bool = True, skip_nonfinite: bool = False) -> Callable:
   """Maps `step_fn(state, batch, rng) -> (state, metrics)` over devices, k steps per call.
 
   The returned function takes the state and one call's batches: a list of per-step host
@@ -207,14 +212,15 @@ def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
   step s draws its randomness from fold_in(state.rng, s). With k > 1 a full call runs in
   one `lax.scan` and its metrics are averaged over the steps. On CPUs the scan is unrolled:
   XLA:CPU runs a UNet's gradient inside a loop 8-40x slower than the same step unrolled
-  (measured on ddpm_digits), at the price of compiling k copies of the step.
+  (measured on ddpm_digits), at the price of compiling k copies of the step. Metrics carry
+  the non-finite flags of `nonfinite.guard` (skipping such steps with `skip_nonfinite`).
   """
-  one_step = _keyed(step_fn)
+  one_step = _keyed(step_fn, skip_nonfinite)
   unroll = devs.local[0].platform == 'cpu'
 
   def multi_step(state, batches):
     state, metrics = jax.lax.scan(one_step, state, batches, unroll=unroll)
-    return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    return state, nonfinite.reduce_over_steps(metrics)
 
   single = _pmapped_step(one_step, devs, donate)
   multi = _pmapped_step(multi_step, devs, donate) if steps_per_call > 1 else None

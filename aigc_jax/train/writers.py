@@ -35,7 +35,8 @@ def check_writable(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise UserError(f'cannot write to --workdir={workdir!r} ({e.strerror}): choose a writable folder') from None
+    raise UserError(f'cannot write to --workdir={workdir!r} ({e.strerror}): free space there or choose a writable '
+                    'folder') from None
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -1,0 +1,117 @@
+"""Non-finite steps: flagged on the device at the step they happen, never checkpointed, or skipped when configured."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from aigc_jax import data
+from aigc_jax.data.pipeline import ImageBatches
+from aigc_jax.errors import UserError
+from aigc_jax.methods import ddpm
+from aigc_jax.methods import gan
+from aigc_jax.train import checkpoint
+from aigc_jax.train import loop
+from aigc_jax.train import nonfinite
+from aigc_jax.train import parallel
+from tests.test_gan import tiny_dcgan_config
+
+
+def _batches(config, n, poisoned=()):
+  """The first n training batches for 4 devices, with NaN pixels in the steps (0-based) listed in `poisoned`."""
+  ds = data.create(config.data, 'train', config.training.batch_size, seed=0, process_index=0, process_count=1,
+                   local_devices=4, train=True)
+  batches = [ds.batch(s) for s in range(n)]
+  for s in poisoned:
+    batches[s] = {**batches[s], 'image': np.full_like(batches[s]['image'], np.nan)}
+  return batches
+
+
+def _equal(a, b) -> bool:
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))))
+
+
+def _poison_step(monkeypatch, step: int) -> None:
+  """Training batches of `step` (1-based, as the loop counts) get NaN pixels: a corrupt batch mid-run."""
+  clean = ImageBatches.batch
+
+  def batch(self, s):
+    out = clean(self, s)
+    return {**out, 'image': np.full_like(out['image'], np.nan)} if self.shuffle and s == step - 1 else out
+  monkeypatch.setattr(ImageBatches, 'batch', batch)
+
+
+@pytest.mark.parametrize('skip', [False, True])
+def test_a_nan_batch_is_flagged_at_its_step_and_skipping_keeps_the_old_state(tiny_config, skip):
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  step = parallel.train_step(method.train_step, parallel.devices(), donate=False, skip_nonfinite=skip)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  clean, poisoned = _batches(tiny_config, 2, poisoned=[1])
+  state, metrics = step(state, [clean])
+  assert int(metrics[nonfinite.COUNT]) == 0 and int(metrics[nonfinite.FIRST]) == -1
+  after, metrics = step(state, [poisoned])
+  assert int(metrics[nonfinite.COUNT]) == 1 and int(metrics[nonfinite.FIRST]) == 2
+  assert not np.isfinite(float(metrics['loss']))
+  assert int(after.step) == 2  # the step advances either way: the next batch is the next one
+  if skip:
+    assert _equal(after.replace(step=state.step), state)  # params, EMA, optimizer state, RNG: all as before
+  else:
+    assert not all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(after.params)))
+
+
+def test_scanned_steps_report_the_first_bad_step_and_average_the_good_ones(tiny_config):
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  devs = parallel.devices()
+  init = jax.jit(method.init)(jax.random.PRNGKey(0))
+  batches = _batches(tiny_config, 3, poisoned=[1])
+  scanned, metrics = parallel.train_step(method.train_step, devs, 3, donate=False, skip_nonfinite=True)(
+      init, batches)
+  one = parallel.train_step(method.train_step, devs, 1, donate=False, skip_nonfinite=True)
+  state, losses = init, []
+  for b in batches:
+    state, m = one(state, [b])
+    losses.append(float(m['loss']))
+  assert int(metrics[nonfinite.COUNT]) == 1 and int(metrics[nonfinite.FIRST]) == 2
+  np.testing.assert_allclose(float(metrics['loss']), (losses[0] + losses[2]) / 2, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.device_get(scanned)), jax.tree.leaves(jax.device_get(state))):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_gan_steps_go_through_the_same_guard():
+  """A GAN's two networks, two optimizers and BatchNorm statistics are all kept on a skipped step."""
+  config = tiny_dcgan_config()
+  method = gan.GAN(config, parallel.AXIS)
+  step = parallel.train_step(method.train_step, parallel.devices(), donate=False, skip_nonfinite=True)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  (poisoned,) = _batches(config, 1, poisoned=[0])
+  after, metrics = step(state, [poisoned])
+  assert int(metrics[nonfinite.COUNT]) == 1 and int(after.step) == 1
+  assert _equal(after.replace(step=state.step), state)
+
+
+def test_a_nan_between_logs_stops_the_run_naming_its_step_and_keeps_the_good_checkpoint(
+    tiny_config, tmp_path, monkeypatch):
+  """Step 3 of 4 is NaN; metrics are read only at steps 2 and 4, yet step 3 is named and never checkpointed."""
+  tiny_config.training.sample_every = 0
+  _poison_step(monkeypatch, 3)
+  with pytest.raises(UserError, match=r'non-finite grad_norm=nan, loss=nan at step 3: training stopped and the '
+                                      r'last good checkpoint \(step 2\) is kept; .*training.skip_nonfinite=True'):
+    loop.train(tiny_config, str(tmp_path))
+  ckpts = checkpoint.Checkpoints(os.path.join(tmp_path, 'checkpoints'), 3)
+  assert ckpts.steps() == [2]
+  ckpts.close()
+
+
+def test_skip_nonfinite_skips_and_counts_the_steps(tiny_config, tmp_path, monkeypatch):
+  tiny_config.training.sample_every = 0
+  tiny_config.training.skip_nonfinite = True
+  _poison_step(monkeypatch, 3)
+  state = loop.train(tiny_config, str(tmp_path))
+  assert int(state.step) == 4
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state)))
+  with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert [(r['step'], r[nonfinite.SKIPPED]) for r in rows] == [(2, 0), (4, 1)]
+  assert np.isfinite(rows[-1]['loss'])

@@ -1,0 +1,69 @@
+"""Checkpoints move between device counts: written with 4 devices they restore with 1 and 2, and the other way round."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from aigc_jax import data
+from aigc_jax.methods import ddpm
+from aigc_jax.train import checkpoint
+from aigc_jax.train import loop
+from aigc_jax.train import parallel
+from tests.test_cli import TINY
+from tests.test_cli import _run
+
+
+def _trained_on(config, n_devices):
+  """The tiny DDPM state after one real step on the first `n_devices` devices, replicated over them."""
+  devs = parallel.devices(jax.devices()[:n_devices])
+  method = ddpm.DDPM(config, parallel.AXIS)
+  ds = data.create(config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=n_devices,
+                   train=True)
+  state = parallel.replicate(jax.jit(method.init)(jax.random.PRNGKey(0)), devs)
+  state, _ = parallel.train_step(method.train_step, devs)(state, [ds.batch(0)])
+  return method, state
+
+
+@pytest.mark.parametrize('written, read', [(4, 1), (4, 2), (1, 4), (2, 4)])
+def test_state_restores_bit_equal_on_another_device_count(tiny_config, tmp_path, written, read):
+  method, state = _trained_on(tiny_config, written)
+  assert len(jax.tree.leaves(state)[0].sharding.device_set) == written
+  ckpts = checkpoint.Checkpoints(str(tmp_path), 3)
+  ckpts.save(1, state, {})
+  ckpts.close()
+  devs = parallel.devices(jax.devices()[:read])
+  target = jax.jit(method.init)(jax.random.PRNGKey(0))  # what the loop restores into
+  ckpts = checkpoint.Checkpoints(str(tmp_path), 3)
+  restored = parallel.replicate(ckpts.restore(target), devs)
+  ckpts.close()
+  assert len(jax.tree.leaves(restored)[0].sharding.device_set) == read
+  for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored))):
+    np.testing.assert_array_equal(a, b)
+  ds = data.create(tiny_config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=read,
+                   train=True)
+  after, metrics = parallel.train_step(method.train_step, devs)(restored, [ds.batch(1)])  # and it trains on
+  assert int(after.step) == 2 and np.isfinite(float(metrics['loss']))
+
+
+def test_a_run_resumed_in_processes_with_4_then_1_then_2_devices_ends_as_one_run(tiny_config, tmp_path):
+  """Separate processes, as after a move to another machine; the end equals a 4-device run up to float order."""
+  workdir = str(tmp_path / 'moved')
+  args = [*TINY, f'--workdir={workdir}', '--config.diffusion.num_timesteps=100', '--config.training.sample_every=0',
+          '--config.optim.warmup_steps=2']
+  for devices, steps in ((4, 2), (1, 4), (2, 6)):
+    result = _run(*args, f'--config.training.num_train_steps={steps}', devices=devices)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'on {devices} x cpu' in result.stdout
+    assert (f'resuming from step {steps - 2} of {steps}' if steps > 2 else 'starting from step 0') in result.stdout
+  tiny_config.training.num_train_steps = 6
+  tiny_config.training.sample_every = 0
+  straight = loop.train(tiny_config, str(tmp_path / 'straight'))
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
+  moved = ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0)))
+  ckpts.close()
+  assert int(moved.step) == 6
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight)), jax.tree.leaves(jax.device_get(moved))):
+    np.testing.assert_allclose(a, b, atol=1e-5)
