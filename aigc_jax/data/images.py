@@ -9,8 +9,9 @@ scikit-learn's 8x8 digits (`data.name='digits'`), or a TFDS data set (`data.name
 to 0 or 255 at that threshold (a fraction of 255), for Bernoulli likelihoods.
 
 In a multi-process run each process reads only its shard of the split (`data.shards`): TFDS
-through `tfds.split_for_jax_process`, image folders by skipping to it before decoding, the
-in-memory sources by slicing.
+through `tfds.split_for_jax_process`; image folders decode only the shard's files (those
+before it are skipped undecoded, since `tfds.ImageFolder` has no sub-splits); the in-memory
+sources by slicing.
 """
 
 import os
@@ -91,7 +92,10 @@ def _image_folder(root: str, split: str, process_index: int, process_count: int)
   import tensorflow_datasets as tfds
   builder = tfds.ImageFolder(root)
   lo, hi = shards.bounds(builder.info.splits[split].num_examples, process_index, process_count)
-  return _stack(builder.as_dataset(split=split, shuffle_files=False).skip(lo).take(hi - lo))
+  # tfds.ImageFolder has no sub-splits: skip to the shard with the images still encoded, then decode it
+  image = builder.info.features['image']
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
+  return _stack(ds.skip(lo).take(hi - lo).map(lambda ex: {**ex, 'image': image.decode_example(ex['image'])}))
 
 
 def network_up(host: str = 'storage.googleapis.com') -> bool:
