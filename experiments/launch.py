@@ -71,16 +71,19 @@ def _launch(sweep_path: str, root: str) -> None:
       raise UserError(f'trial {t.name} is running in process {pid} (another launcher of this sweep?): '
                       'wait for it or stop it first')
   todo = [t for t in trials if not trial_lib.is_done(t) and (_RETRY.value or not trial_lib.failed_before(t))]
+  if _EXECUTOR.value == 'local':
+    platform, ids = accelerators.detect(_PLATFORM.value)
+    slot_envs = accelerators.slot_envs(platform, ids, _PARALLEL.value, _DEVICES.value)
+  else:
+    executor = slurm.executor(root, slurm.Options(
+        partition=_PARTITION.value, gpus_per_trial=_DEVICES.value, time_min=_TIME.value,
+        cpus_per_trial=_CPUS.value, parallel=_PARALLEL.value, name=os.path.splitext(os.path.basename(sweep_path))[0]))
   print(f'{len(trials)} trials of {sweep.config} in {root}: {len(trials) - len(todo)} already ended, '
         f'{len(todo)} to run', flush=True)
   if todo and _EXECUTOR.value == 'local':
-    platform, ids = accelerators.detect(_PLATFORM.value)
-    local.run_all(todo, accelerators.slot_envs(platform, ids, _PARALLEL.value, _DEVICES.value))
+    local.run_all(todo, slot_envs)
   elif todo:
-    options = slurm.Options(partition=_PARTITION.value, gpus_per_trial=_DEVICES.value, time_min=_TIME.value,
-                            cpus_per_trial=_CPUS.value, parallel=_PARALLEL.value,
-                            name=os.path.splitext(os.path.basename(sweep_path))[0])
-    jobs = slurm.submit(todo, root, options)
+    jobs = slurm.submit(executor, todo)
     print(f'submitted SLURM array job {jobs[0].job_id.split("_")[0]} ({len(jobs)} tasks); waiting', flush=True)
     slurm.wait(jobs, todo)
   for path in results.write(root, sweep, trials):

@@ -43,9 +43,9 @@ def executor(root: str, options: Options) -> Any:
   return ex
 
 
-def submit(trials: Sequence[trial_lib.Trial], root: str, options: Options) -> list[Any]:
-  """Submits the trials as one array job; returns submitit's jobs, one per trial."""
-  return executor(root, options).map_array(trial_lib.run, list(trials))
+def submit(ex: Any, trials: Sequence[trial_lib.Trial]) -> list[Any]:
+  """Submits the trials as one array job of `executor`'s; returns submitit's jobs, one per trial."""
+  return ex.map_array(trial_lib.run, list(trials))
 
 
 def wait(jobs: Sequence[Any], trials: Sequence[trial_lib.Trial]) -> None:

@@ -145,7 +145,7 @@ def test_slurm_executor_submits_one_array_job_with_the_trial_resources(tmp_path,
   trials = launch.plan(sweep, str(tmp_path / 'root'), ['--config.training.num_train_steps=300'])
   options = slurm.Options(partition='gpu-long', gpus_per_trial=2, time_min=90, cpus_per_trial=6, parallel=2,
                           name='ddpm_lr')
-  jobs = slurm.submit(trials, str(tmp_path / 'root'), options)
+  jobs = slurm.submit(slurm.executor(str(tmp_path / 'root'), options), trials)
   script = record.read_text()
   for line in ('#SBATCH --array=0-3%2', '#SBATCH --partition=gpu-long', '#SBATCH --gpus-per-node=2',
                '#SBATCH --time=90', '#SBATCH --cpus-per-task=6', '#SBATCH --ntasks-per-node=1',
@@ -162,7 +162,7 @@ def test_slurm_without_a_cluster_is_one_clear_error(tmp_path, monkeypatch):
   monkeypatch.setenv('PATH', str(tmp_path))
   options = slurm.Options(partition='', gpus_per_trial=1, time_min=10, cpus_per_trial=2, parallel=1, name='x')
   with pytest.raises(UserError, match='--executor=slurm needs SLURM'):
-    slurm.submit([], str(tmp_path), options)
+    slurm.executor(str(tmp_path), options)
 
 
 def test_trial_status_records_failures_and_interruptions(tmp_path):

@@ -10,8 +10,9 @@ to 0 or 255 at that threshold (a fraction of 255), for Bernoulli likelihoods. Im
 do not decode are skipped, and their number and first paths logged once.
 
 In a multi-process run each process reads only its shard of the split (`data.shards`): TFDS
-through `tfds.split_for_jax_process`, image folders by skipping to it before decoding, the
-in-memory sources by slicing.
+through `tfds.split_for_jax_process`; image folders decode only the shard's files (those
+before it are skipped undecoded, since `tfds.ImageFolder` has no sub-splits); the in-memory
+sources by slicing.
 """
 
 import logging
@@ -95,7 +96,11 @@ def _image_folder(root: str, split: str, process_index: int, process_count: int)
   import tensorflow_datasets as tfds
   builder = tfds.ImageFolder(root)
   lo, hi = shards.bounds(builder.info.splits[split].num_examples, process_index, process_count)
-  ds = builder.as_dataset(split=split, shuffle_files=False).skip(lo).take(hi - lo)
+  # tfds.ImageFolder has no sub-splits: skip to the shard with the images still encoded, then decode it
+  image = builder.info.features['image']
+  encoded = builder.as_dataset(split=split, shuffle_files=False,
+                               decoders={'image': tfds.decode.SkipDecoding()}).skip(lo).take(hi - lo)
+  ds = encoded.map(lambda ex: {**ex, 'image': image.decode_example(ex['image'])})
   ds = ds.ignore_errors()  # drops files that fail to decode
   try:
     parts = list(tfds.as_numpy(ds.map(lambda ex: (ex['image'], ex['label'], ex['image/filename'])).batch(4096)))
@@ -111,10 +116,8 @@ def _image_folder(root: str, split: str, process_index: int, process_count: int)
     names = {n for p in parts for n in p[2]}
   expected = hi - lo
   if len(x) < expected:
-    every = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False,
-                                             decoders={'image': tfds.decode.SkipDecoding()}).skip(lo).take(
-                                                 hi - lo).map(lambda ex: ex['image/filename']))
-    skipped = sorted(n.decode() for n in every if n not in names)
+    skipped = sorted(n.decode() for n in tfds.as_numpy(encoded.map(lambda ex: ex['image/filename']))
+                     if n not in names)
     logging.warning('data.image_folder=%r: skipped %d of the %d %r images, which do not decode: %s%s', root,
                     len(skipped), expected, split, ', '.join(skipped[:5]), ', ...' if len(skipped) > 5 else '')
   return x, y
