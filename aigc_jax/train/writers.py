@@ -11,10 +11,11 @@ The file contracts (../shared/DESIGN.md) are kept here in one place:
   config.json            the resolved config of the run
 """
 
+import functools
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,21 @@ def check_writable(workdir: str) -> None:
                     'folder') from None
 
 
+def _disk_errors_are_user_errors(what: str) -> Callable:
+  """Decorates a writer so that an OSError (disk full, folder gone or read-only) is one clear UserError."""
+  def decorate(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+      try:
+        return fn(*args, **kwargs)
+      except OSError as e:
+        raise UserError(f'cannot write {what} ({e.strerror}: {e.filename}): free disk space or make the workdir '
+                        'writable, then rerun the same command to resume from the last checkpoint') from None
+    return wrapped
+  return decorate
+
+
+@_disk_errors_are_user_errors('a JSON file')
 def write_json(path: str, obj: Any) -> None:
   """Writes JSON atomically (temporary file, then rename), so readers never see half a file."""
   tmp = path + '.tmp'
@@ -64,6 +80,7 @@ class MetricsWriter:
     self._drop_rows_after(resume_step)
     self.tensorboard = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
+  @_disk_errors_are_user_errors('metrics.jsonl')
   def _drop_rows_after(self, step: int) -> None:
     """A resumed run recomputes the steps after its checkpoint: drop their old rows, not duplicate them."""
     if not os.path.exists(self.path):
@@ -74,6 +91,7 @@ class MetricsWriter:
       f.writelines(rows)
     os.replace(self.path + '.tmp', self.path)
 
+  @_disk_errors_are_user_errors('metrics.jsonl')
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
     with open(self.path, 'a') as f:
@@ -121,6 +139,7 @@ def text_document(texts: Sequence[str]) -> str:
   return ''.join(f'{t}\n{TEXT_SEPARATOR}\n' for t in texts)
 
 
+@_disk_errors_are_user_errors('samples')
 def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite: bool = True) -> list[str]:
   """Writes a method's decoded samples into samples/; returns the paths.
 
