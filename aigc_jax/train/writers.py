@@ -11,6 +11,7 @@ The file contracts (../shared/DESIGN.md) are kept here in one place:
   config.json            the resolved config of the run
 """
 
+import errno
 import functools
 import json
 import math
@@ -35,8 +36,8 @@ def check_writable(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise UserError(f'cannot write to --workdir={workdir!r} ({e.strerror}): free space there or choose a writable '
-                    'folder') from None
+    fix = 'free space there' if e.errno == errno.ENOSPC else 'choose a writable folder'
+    raise UserError(f'cannot write to --workdir={workdir!r} ({e.strerror}): {fix}') from None
 
 
 def _disk_errors_are_user_errors(what: str) -> Callable:
