@@ -21,6 +21,7 @@ from aigc_jax.models.transformer import Transformer
 from aigc_jax.models.transformer import causal_attention
 from aigc_jax.models.transformer import empty_cache
 from aigc_jax.train import loop
+from aigc_jax.train import nonfinite
 from aigc_jax.train import optim
 from aigc_jax.train import parallel
 from configs import gpt_shakespeare_cpu
@@ -246,7 +247,7 @@ def test_4_device_step_equals_1_device_step(config):
   np.testing.assert_allclose(losses4, losses1, atol=1e-5)
   for a, b in zip(jax.tree.leaves(state4.params), jax.tree.leaves(state1.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
-  assert {'loss', 'perplexity', 'bits_per_char', 'grad_norm', 'lr'} == set(metrics)
+  assert {'loss', 'perplexity', 'bits_per_char', 'grad_norm', 'lr', nonfinite.COUNT, nonfinite.FIRST} == set(metrics)
   np.testing.assert_allclose(metrics['perplexity'], math.exp(losses1[-1]), rtol=1e-5)
 
 

@@ -165,3 +165,15 @@ def test_training_resumes_past_a_damaged_newest_checkpoint_and_rewrites_it(train
   assert checkpoint.Checkpoints(os.path.join(copy, 'checkpoints'), 3).steps() == [2, 4, 6]
   assert glob.glob(os.path.join(copy, 'checkpoints.unreadable', '4', 'default'))
   assert [r['step'] for r in _rows(copy)] == [2, 4, 6]
+
+
+def test_a_workdir_that_stops_taking_writes_is_one_clear_error(tmp_path):
+  from aigc_jax.train import writers
+  writer = writers.MetricsWriter(str(tmp_path), resume_step=0)
+  writer.write(1, {'loss': 1.0})
+  os.remove(tmp_path / 'metrics.jsonl')
+  os.mkdir(tmp_path / 'metrics.jsonl')  # stands for a disk that fills up or turns read-only mid-run
+  with pytest.raises(UserError, match=r'cannot write metrics.jsonl \(Is a directory: .*metrics.jsonl\): free disk '
+                                      r'space or make the workdir writable, then rerun the same command'):
+    writer.write(2, {'loss': 1.0})
+  writer.close()

@@ -30,7 +30,8 @@ def _batches(config, n, poisoned=()):
 
 
 def _equal(a, b) -> bool:
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))))
+  leaves_a, leaves_b = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+  return len(leaves_a) == len(leaves_b) and all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
 
 
 def _poison_step(monkeypatch, step: int) -> None:

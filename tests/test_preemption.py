@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT to `python run.py`: a checkpoint of the current step, exit status 0, and the next run resumes there."""
+"""SIGTERM and SIGINT to `python run.py`: a checkpoint of the current step, exit 0, and the next run resumes there."""
 
 import os
 import re
@@ -12,13 +12,15 @@ from tests.conftest import ROOT
 from tests.test_cli import TINY
 
 
-ENV = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
+ENV = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+           JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
 
 
 def _command(workdir, steps):
   """The tiny run, logging every step and checkpointing only at its end (or when told to stop)."""
   return [sys.executable, 'run.py', *TINY, f'--workdir={workdir}', f'--config.training.num_train_steps={steps}',
-          '--config.training.log_every=1', '--config.training.checkpoint_every=1000', '--config.training.sample_every=0']
+          '--config.training.log_every=1', '--config.training.checkpoint_every=1000',
+          '--config.training.sample_every=0']
 
 
 def _start(workdir, steps):

@@ -45,6 +45,11 @@ class Checkpoints:
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, item_names=(_STATE, _DATA_INFO), options=options)
     self._writing: int | None = None  # the step whose asynchronous write may still be under way
+    # Orbax removes the unfinished folders of killed runs in a thread of its own; a program that stops
+    # on bad input right after this would end under it and print its traceback. Let it finish first.
+    cleanup = getattr(self.manager, '_cleanup_tmp_directory_future', None)
+    if cleanup is not None:
+      cleanup.result()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

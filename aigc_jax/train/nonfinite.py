@@ -87,7 +87,10 @@ class Watch:
   def add(self, metrics: dict[str, jax.Array]) -> None:
     """Folds in one call's metrics, without waiting for the device."""
     self.newest = metrics
-    self.seen = _fold(self.seen, metrics) if self.seen is not None else {COUNT: metrics[COUNT], 'first_flagged': metrics}
+    if self.seen is None:
+      self.seen = {COUNT: metrics[COUNT], 'first_flagged': metrics}
+    else:
+      self.seen = _fold(self.seen, metrics)
 
   def read(self, last_checkpoint: int | None) -> dict[str, float]:
     """The newest call's metrics as floats; raises a UserError if any step since the last read was non-finite.

@@ -12,10 +12,12 @@ The file contracts (../shared/DESIGN.md) are kept here in one place:
   config.json            the resolved config of the run
 """
 
+import errno
+import functools
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,10 +37,25 @@ def check_writable(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise UserError(f'cannot write to --workdir={workdir!r} ({e.strerror}): free space there or choose a writable '
-                    'folder') from None
+    fix = 'free space there' if e.errno == errno.ENOSPC else 'choose a writable folder'
+    raise UserError(f'cannot write to --workdir={workdir!r} ({e.strerror}): {fix}') from None
 
 
+def _disk_errors_are_user_errors(what: str) -> Callable:
+  """Decorates a writer so that an OSError (disk full, folder gone or read-only) is one clear UserError."""
+  def decorate(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+      try:
+        return fn(*args, **kwargs)
+      except OSError as e:
+        raise UserError(f'cannot write {what} ({e.strerror}: {e.filename}): free disk space or make the workdir '
+                        'writable, then rerun the same command to resume from the last checkpoint') from None
+    return wrapped
+  return decorate
+
+
+@_disk_errors_are_user_errors('a JSON file')
 def write_json(path: str, obj: Any) -> None:
   """Writes JSON atomically (temporary file, then rename), so readers never see half a file."""
   tmp = path + '.tmp'
@@ -65,6 +82,7 @@ class MetricsWriter:
     self._drop_rows_after(resume_step)
     self.tensorboard = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
+  @_disk_errors_are_user_errors('metrics.jsonl')
   def _drop_rows_after(self, step: int) -> None:
     """A resumed run recomputes the steps after its checkpoint: drop their old rows, not duplicate them."""
     if not os.path.exists(self.path):
@@ -75,6 +93,7 @@ class MetricsWriter:
       f.writelines(rows)
     os.replace(self.path + '.tmp', self.path)
 
+  @_disk_errors_are_user_errors('metrics.jsonl')
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
     with open(self.path, 'a') as f:
@@ -141,6 +160,7 @@ def text_document(texts: Sequence[str], scores: Mapping[str, Sequence[float]] | 
   return ''.join(f'{t}\n{note}{TEXT_SEPARATOR}\n' for t, note in zip(texts, notes))
 
 
+@_disk_errors_are_user_errors('samples')
 def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite: bool = True) -> list[str]:
   """Writes a method's decoded samples into samples/; returns the paths.
 
