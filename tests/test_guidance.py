@@ -183,3 +183,13 @@ def test_conditional_run_samples_the_requested_classes_one_per_row(tmp_path):
     assert z['images'].shape == (6, 8, 8, 1)
   grid = np.asarray(Image.open(os.path.join(tmp_path, 'samples', 'step_4.png')))
   assert grid.shape == (2 + 2 * 66, 2 + 3 * 66)  # two classes in rows of three 64 px cells
+
+
+def test_cifar_conditional_config_adds_only_the_label_embedding_to_the_papers_unet():
+  from configs import ddpm_cifar
+  from configs import ddpm_cifar_cond
+
+  def count(config):
+    shapes = jax.eval_shape(ddpm.DDPM(config, parallel.AXIS).init, jax.random.PRNGKey(0)).params
+    return sum(x.size for x in jax.tree.leaves(shapes))
+  assert count(ddpm_cifar_cond.get_config()) - count(ddpm_cifar.get_config()) == 11 * 512  # 10 classes + null, 4*128
