@@ -102,7 +102,7 @@ def kill_once(rng: random.Random, workdir: str, steps: int, env: dict[str, str],
   target = rng.choice([s for s in range(run.expected + 1, run.expected + reach + 1) if s % every == 0])
   if target >= steps:
     run.moment = 'start-up'
-  delay = {'start-up': rng.uniform(0.5, 8.0), 'step': rng.uniform(0.0, 0.1),
+  delay = {'start-up': rng.uniform(0.5, 8.0), 'step': rng.uniform(0.0, 2.0),
            'checkpoint write': rng.uniform(0.0, 0.03), 'sampling': rng.uniform(0.05, 0.5)}[run.moment]
   with open(log, 'w') as stderr:
     proc = subprocess.Popen(command(workdir, steps), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr,

@@ -146,6 +146,11 @@ def test_loop_settings_are_validated_before_compiling(tiny_config, tmp_path):
   tiny_config.training.batch_size = 6
   with pytest.raises(UserError, match='training.batch_size=6 must be a positive multiple'):
     loop.train(tiny_config, str(tmp_path))
+  tiny_config.training.batch_size = 8
+  tiny_config.training.eval_every = 2
+  tiny_config.eval.batch_size = 6
+  with pytest.raises(UserError, match='eval.batch_size=6 must be a positive multiple'):
+    loop.train(tiny_config, str(tmp_path))
 
 
 def test_training_resumes_past_a_damaged_newest_checkpoint_and_rewrites_it(trained, tiny_config, tmp_path, caplog):

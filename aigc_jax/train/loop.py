@@ -51,6 +51,8 @@ def validate(config: ml_collections.ConfigDict, devs: parallel.Devices) -> None:
   """Checks the loop's own settings before anything loads or compiles."""
   t = config.training
   parallel.check_batch(t.batch_size, devs)
+  if t.eval_every:
+    parallel.check_batch(config.eval.batch_size, devs, key='eval.batch_size')
   for key in ('num_train_steps', 'log_every', 'checkpoint_every', 'steps_per_call', 'keep_checkpoints'):
     if t[key] <= 0:
       raise UserError(f'training.{key}={t[key]} must be positive')
