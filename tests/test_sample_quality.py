@@ -127,7 +127,7 @@ def test_class_accuracy_is_the_share_assigned_to_the_requested_class(cache_dir):
 
 def test_eval_of_a_class_conditional_model_reports_class_accuracy_beside_fid(cache_dir, tmp_path, monkeypatch):
   from tests.test_guidance import tiny_cond_config
-  monkeypatch.setenv(feature_net.CACHE_ENV, cache_dir)
+  monkeypatch.setenv(cache.ENV, cache_dir)
   config = tiny_cond_config()
   config.training.sample_every = 0
   config.eval.num_samples = 30
