@@ -179,8 +179,7 @@ def to_devices(batches: Sequence[Any], devs: Devices, steps_per_call: int = 1) -
   several processes the batches stay host arrays, which the global pmap sends to each
   process's own devices.
   """
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devs.local), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
+  sharding = _sharding(devs.local, jax.sharding.PartitionSpec(AXIS))
   put = (lambda tree: jax.device_put(tree, sharding)) if devs.process_count == 1 else (lambda tree: tree)
   if steps_per_call > 1 and len(batches) == steps_per_call:
     return StepInputs(put(jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)), True, len(batches))
@@ -302,8 +301,13 @@ def replicate(tree: Any, devs: Devices) -> Any:
   return _global(jax.device_put(tree, _replicated(devs.local)), devs)
 
 
+def _sharding(devices_: Sequence[jax.Device], spec: jax.sharding.PartitionSpec) -> jax.sharding.NamedSharding:
+  """`spec` over a one-axis (AXIS) mesh of `devices_`."""
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices_), (AXIS,)), spec)
+
+
 def _replicated(devices_: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices_), (AXIS,)), jax.sharding.PartitionSpec())
+  return _sharding(devices_, jax.sharding.PartitionSpec())
 
 
 def _global(tree: Any, devs: Devices) -> Any:
