@@ -172,3 +172,29 @@ def test_samplers_give_uint8_images_on_4_devices(tiny_config, method_name):
   out = parallel.sampler(method.sample, devs, 6)(state, jax.random.PRNGKey(1))
   assert out['images'].shape == (6, 8, 8, 1) and out['images'].dtype == np.uint8
   assert len({out['images'][i].tobytes() for i in range(6)}) == 6  # every device drew its own noise
+
+
+@pytest.mark.parametrize('method_name', ['ancestral', 'ddim'])
+@pytest.mark.parametrize('eta', [0.0, 1.0])
+def test_clipping_x0_acts_as_a_model_that_predicts_the_clipped_x0(tiny_config, method_name, eta):
+  """A noise prediction whose x_0 leaves [-1, 1] (as strong guidance gives) must be sampled as
+  the prediction of the clipped x_0; a DDIM step that kept the raw noise beside the clipped
+  x_0 would leave the forward process's path and saturate the images."""
+  tiny_config.sample.method = method_name
+  tiny_config.sample.eta = eta
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  s = method.schedule
+
+  def wild_eps(x, t_B):
+    return 4.0 * jnp.sin(3.0 * x) + 0.5
+
+  def clipped_eps(x, t_B):
+    x0 = jnp.clip(ddpm.predict_x0(s, x, t_B, wild_eps(x, t_B)), -1.0, 1.0)
+    abar = s.alphas_cumprod[t_B].reshape(-1, 1, 1, 1)
+    return (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+
+  rng = jax.random.PRNGKey(3)
+  wild = jax.jit(lambda k: method.denoise(wild_eps, k, 6))(rng)
+  clipped = jax.jit(lambda k: method.denoise(clipped_eps, k, 6))(rng)
+  np.testing.assert_allclose(wild, clipped, atol=1e-4)
+  assert np.abs(np.asarray(wild)).max() <= 1.0

@@ -303,8 +303,8 @@ class DDPM:
       def body(i, x):
         t_B = jnp.full((num,), ts[i], jnp.int32)
         abar, abar_prev = abar_S[i], abar_prev_S[i]
-        eps = eps_fn(x, t_B)
-        x0 = jnp.clip(predict_x0(s, x, t_B, eps), -1.0, 1.0)
+        x0 = jnp.clip(predict_x0(s, x, t_B, eps_fn(x, t_B)), -1.0, 1.0)
+        eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)  # the noise that the clipped x_0 implies
         sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
         z = jax.random.normal(jax.random.fold_in(rng, i), x.shape)
         return jnp.sqrt(abar_prev) * x0 + jnp.sqrt(1.0 - abar_prev - sigma**2) * eps + sigma * z
