@@ -24,6 +24,17 @@ Cache = tuple[tuple[jax.Array, jax.Array], ...]
 _init = nn.initializers.normal(0.02)
 
 
+def tokenwise(layer: Callable[[jax.Array], jax.Array], x_BTD: jax.Array) -> jax.Array:
+  """`layer` applied to the B*T tokens as one [B*T, D] matrix.
+
+  XLA:CPU runs a Dense layer and its gradient up to twice as fast on the 2-D token matrix
+  as on [B, T, D] (the gpt_shakespeare_cpu step: 73 -> 50 ms); on accelerators the
+  reshapes are free.
+  """
+  y = layer(x_BTD.reshape(-1, x_BTD.shape[-1]))
+  return y.reshape(x_BTD.shape[:-1] + y.shape[-1:])
+
+
 def causal_attention(q_BTNH: jax.Array, k_BTNH: jax.Array, v_BTNH: jax.Array,
                      dropout: Callable[[jax.Array], jax.Array]) -> jax.Array:
   """softmax(QK^T / sqrt(H)) V over earlier positions, with `dropout` on the attention weights.
@@ -52,8 +63,8 @@ class SelfAttention(nn.Module):
     """With `cache`, x holds positions pos..pos+T-1, which attend to the cache and themselves."""
     B, T, D = x_BTD.shape
     N = self.num_heads
-    qkv_BT3NH = nn.Dense(3 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='qkv')(
-        x_BTD).reshape(B, T, 3, N, D // N)
+    qkv_BT3NH = tokenwise(nn.Dense(3 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='qkv'),
+                           x_BTD).reshape(B, T, 3, N, D // N)
     q_BTNH, k_BTNH, v_BTNH = qkv_BT3NH[:, :, 0], qkv_BT3NH[:, :, 1], qkv_BT3NH[:, :, 2]
     if cache is not None:
       k_BSNH = jax.lax.dynamic_update_slice(cache[0], k_BTNH.astype(cache[0].dtype), (0, pos, 0, 0))
@@ -67,8 +78,8 @@ class SelfAttention(nn.Module):
                                 lambda w: nn.Dropout(self.dropout)(w, deterministic=False))
     else:
       y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTNH, v_BTNH, is_causal=True)
-    y_BTD = nn.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype, name='out')(
-        y_BTNH.reshape(B, T, D))
+    y_BTD = tokenwise(nn.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
+                                name='out'), y_BTNH.reshape(B, T, D))
     return nn.Dropout(self.dropout)(y_BTD, deterministic=not train), cache
 
 
@@ -84,15 +95,14 @@ class Block(nn.Module):
   def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
                pos: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     D = x_BTD.shape[-1]
-    h_BTD = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='attn_norm')(x_BTD)
+    h_BTD = tokenwise(nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='attn_norm'), x_BTD)
     h_BTD, cache = SelfAttention(self.num_heads, self.dropout, self.residual_init, self.use_bias,
                                  self.dtype, name='attn')(h_BTD, train, cache, pos)
     x_BTD = x_BTD + h_BTD
-    h_BTD = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='mlp_norm')(x_BTD)
-    h_BTF = nn.gelu(nn.Dense(4 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype,
-                             name='mlp_in')(h_BTD))
-    h_BTD = nn.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
-                     name='mlp_out')(h_BTF)
+    mlp_norm = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='mlp_norm')
+    mlp_in = nn.Dense(4 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='mlp_in')
+    mlp_out = nn.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype, name='mlp_out')
+    h_BTD = tokenwise(lambda x_ND: mlp_out(nn.gelu(mlp_in(mlp_norm(x_ND)))), x_BTD)
     return x_BTD + nn.Dropout(self.dropout)(h_BTD, deterministic=not train), cache
 
 
@@ -133,7 +143,7 @@ class Transformer(nn.Module):
     return self.embed_dropout(x_BTD, deterministic=not train)
 
   def _logits(self, x_BTD: jax.Array) -> jax.Array:
-    return self.token_embed.attend(self.final_norm(x_BTD)).astype(jnp.float32)
+    return tokenwise(lambda x_ND: self.token_embed.attend(self.final_norm(x_ND)), x_BTD).astype(jnp.float32)
 
   def __call__(self, tok_BT: jax.Array, train: bool = False) -> jax.Array:
     """float32 logits [B, T, V] of the token after each of the T <= block_size positions."""
