@@ -80,18 +80,15 @@ def _memory(devs: Any) -> int | None:
 
 def _setup(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any]:
   """Devices, the training data, the method and a fresh state, validated as the loop does."""
-  from aigc_jax import data
   from aigc_jax import methods
   from aigc_jax.train import loop
   from aigc_jax.train import parallel
   devs = parallel.devices()
   loop.validate(config, devs)
   methods.check_config(config)
-  ds = data.create(config.data, config.data.train_split, config.training.batch_size, seed=config.seed,
-                   process_index=devs.process_index, process_count=devs.process_count,
-                   local_devices=len(devs.local), train=True)
-  method = methods.get_method(config, parallel.AXIS, ds.info)
-  return devs, ds, method, parallel.replicate(jax.jit(method.init)(jax.random.PRNGKey(config.seed)), devs)
+  ds = loop.train_data(config, devs)
+  method, state = loop.init_method(config, ds.info)
+  return devs, ds, method, parallel.replicate(state, devs)
 
 
 def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:

@@ -76,11 +76,19 @@ def _setup(config: ml_collections.ConfigDict, workdir: str,
   return devs, ckpts
 
 
-def _init(config: ml_collections.ConfigDict,
-          data_info: dict[str, Any]) -> tuple[methods.Method, state_lib.TrainState]:
+def init_method(config: ml_collections.ConfigDict,
+                data_info: dict[str, Any]) -> tuple[methods.Method, state_lib.TrainState]:
   """The method for this data, and a fresh train state."""
   method = methods.get_method(config, parallel.AXIS, data_info)
   return method, jax.jit(method.init)(jax.random.PRNGKey(config.seed))
+
+
+def train_data(config: ml_collections.ConfigDict, devs: parallel.Devices,
+               data_info: dict[str, Any] | None = None) -> Any:
+  """This process's training batches (tokenized as `data_info` says, when resuming)."""
+  return data.create(config.data, config.data.train_split, config.training.batch_size, seed=config.seed,
+                     process_index=devs.process_index, process_count=devs.process_count,
+                     local_devices=len(devs.local), train=True, data_info=data_info or None)
 
 
 def _checkpointed_data_info(ckpts: checkpoint.Checkpoints, workdir: str) -> dict[str, Any]:
@@ -139,10 +147,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   setup_start = time.time()
   devs, ckpts = _setup(config, workdir, devices)
   t = config.training
-  ds = data.create(config.data, config.data.train_split, t.batch_size, seed=config.seed,
-                   process_index=devs.process_index, process_count=devs.process_count,
-                   local_devices=len(devs.local), train=True, data_info=ckpts.data_info() or None)
-  method, state = _init(config, ds.info)
+  ds = train_data(config, devs, ckpts.data_info())
+  method, state = init_method(config, ds.info)
   restored = ckpts.restore(state)
   state = parallel.replicate(state if restored is None else restored, devs)
   step = int(state.step)
@@ -251,7 +257,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   """
   devs, ckpts = _setup(config, workdir, devices)
   data_info = _checkpointed_data_info(ckpts, workdir)
-  method, state = _init(config, data_info)
+  method, state = init_method(config, data_info)
   state = _restore_latest(ckpts, state, workdir)
   step = int(state.step)
   start = time.time()
@@ -327,7 +333,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   """The newest checkpoint's held-out metrics (and, with eval.num_samples, sample quality) to eval_<step>.json."""
   devs, ckpts = _setup(config, workdir, devices)
   ds = _eval_data(config, devs, _checkpointed_data_info(ckpts, workdir))
-  method, state = _init(config, ds.info)
+  method, state = init_method(config, ds.info)
   state = _restore_latest(ckpts, state, workdir)
   ckpts.close()
   step = int(state.step)
