@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from aigc_jax.train import checkpoint
-from tests.conftest import JAX_CACHE
+from tests.conftest import process_env
 from tests.conftest import ROOT
 
 
@@ -91,8 +91,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_and_the_previous_one_s
   args = [*TINY, f'--workdir={workdir}', '--config.training.sample_every=0']
   first = _run(*args, '--config.training.num_train_steps=2')
   assert first.returncode == 0, first.stderr[-2000:]
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
-  full = subprocess.run(_limited(50, [sys.executable, 'run.py', *args]), cwd=ROOT, env=env, capture_output=True,
+  full = subprocess.run(_limited(50, [sys.executable, 'run.py', *args]), cwd=ROOT, env=process_env(2), capture_output=True,
                         text=True, timeout=300)
   assert full.returncode == 1
   assert full.stderr.strip().splitlines()[-1].startswith(

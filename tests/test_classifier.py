@@ -18,7 +18,7 @@ from aigc_jax.evaluation import feature_net
 from aigc_jax.methods import classifier
 from aigc_jax.models.classifier import CNN
 from aigc_jax.train import parallel
-from tests.conftest import JAX_CACHE
+from tests.conftest import process_env
 from tests.conftest import ROOT
 from tests.conftest import shrink_training
 
@@ -118,8 +118,7 @@ def test_unlabelled_images_are_a_clear_error():
 
 
 def _feature_net_cli(*args, devices=2):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
+  env = process_env(devices)
   env.pop(cache.ENV, None)
   return subprocess.run([sys.executable, '-m', 'aigc_jax.evaluation.feature_net', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import JAX_CACHE
+from tests.conftest import process_env
 from tests.conftest import ROOT
 
 TINY = ['--config=configs/ddpm_digits.py', '--config.model.ch=8', '--config.model.num_groups=4',
@@ -18,9 +18,7 @@ TINY = ['--config=configs/ddpm_digits.py', '--config.model.ch=8', '--config.mode
 
 
 def _run(*args, devices=2):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
-  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, env=env, capture_output=True,
+  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, env=process_env(devices), capture_output=True,
                         text=True, timeout=300)
 
 

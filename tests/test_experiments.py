@@ -17,7 +17,6 @@ from experiments import launch
 from experiments import slurm
 from experiments import sweep as sweep_lib
 from experiments import trial as trial_lib
-from tests.conftest import JAX_CACHE
 from tests.conftest import ROOT
 
 
@@ -80,8 +79,7 @@ TINY = {'model.ch': 8, 'model.num_groups': 4, 'model.ch_mult': (1,), 'model.attn
 
 
 def _launch(*args):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
-  return subprocess.run([sys.executable, '-m', 'experiments.launch', *args], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, '-m', 'experiments.launch', *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
 
 

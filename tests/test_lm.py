@@ -25,7 +25,7 @@ from aigc_jax.train import nonfinite
 from aigc_jax.train import optim
 from aigc_jax.train import parallel
 from configs import gpt_shakespeare_cpu
-from tests.conftest import JAX_CACHE
+from tests.conftest import process_env
 from tests.conftest import ROOT
 from tests.conftest import needs_shared_data
 from tests.conftest import shrink_training
@@ -389,9 +389,7 @@ def test_tfds_not_prepared_offline_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def _cli(*args):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
-  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, env=env, capture_output=True, text=True,
+  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, env=process_env(2), capture_output=True, text=True,
                         timeout=300)
 
 

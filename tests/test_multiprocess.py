@@ -24,6 +24,7 @@ from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
 from tests.conftest import ROOT
+from tests.conftest import process_env
 from tests.conftest import tiny_ddpm_config
 
 TIMEOUT_S = 420  # both processes together
@@ -63,7 +64,7 @@ def _run_two_processes(workdir, logs_dir):
   """run.py in two processes on this machine; fails with both outputs if either fails or they hang."""
   from configs import ddpm_digits
   flags = _overrides(_config(), ddpm_digits.get_config())
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  env = process_env(2, JAX_PLATFORMS='cpu')
   port = _free_port()
   logs = [os.path.join(logs_dir, f'process_{i}.log') for i in range(2)]
   procs = []

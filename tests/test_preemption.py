@@ -7,13 +7,12 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import JAX_CACHE
+from tests.conftest import process_env
 from tests.conftest import ROOT
 from tests.test_cli import TINY
 
 
-ENV = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-           JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE))
+ENV = process_env(2)
 
 
 def _command(workdir, steps):

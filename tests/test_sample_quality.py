@@ -3,7 +3,6 @@ statistics, and --mode=eval / periodic eval writing them beside bits/dim."""
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
