@@ -7,7 +7,9 @@ samples from process 0 only, and leave checkpoints that one process restores and
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,8 +62,11 @@ def _tail(path, n=3000):
     return ''.join(line for line in f if '[Gloo]' not in line)[-n:]
 
 
-def _run_two_processes(workdir, logs_dir):
-  """run.py in two processes on this machine; fails with both outputs if either fails or they hang."""
+def _run_two_processes(workdir, logs_dir, *more_flags, act=None):
+  """run.py in two processes on this machine; fails with both outputs if either fails or they hang.
+
+  `act(procs, logs)` is called while they run, until it returns True.
+  """
   from configs import ddpm_digits
   flags = _overrides(_config(), ddpm_digits.get_config())
   env = process_env(2, JAX_PLATFORMS='cpu')
@@ -73,10 +78,12 @@ def _run_two_processes(workdir, logs_dir):
       with open(log, 'w') as out:
         procs.append(subprocess.Popen(
             [sys.executable, 'run.py', '--config=configs/ddpm_digits.py', f'--workdir={workdir}',
-             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}', *flags],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}', *flags,
+             *more_flags], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
     deadline = time.time() + TIMEOUT_S
     while time.time() < deadline and any(p.poll() is None for p in procs):
+      if act is not None and act(procs, logs):
+        act = None
       if any(p.poll() not in (None, 0) for p in procs):
         break  # one failed: the other would wait for it until JAX's heartbeat timeout
       time.sleep(0.5)
@@ -175,6 +182,33 @@ def test_checkpoint_written_by_two_processes_restores_in_one(two_process_run, tm
   assert int(state.step) == 6
   _assert_close(state.params, reference.params)
   _assert_close(state.ema_params, reference.ema_params)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_checkpointed_step(tmp_path):
+  """A preemption notice that reaches one process only: both stop at the next log step, after
+  checkpointing it together, and exit 0 (rather than one waiting forever for the other)."""
+  workdir = str(tmp_path / 'w')
+  sent = []
+
+  def terminate_process_1(procs, logs):
+    with open(logs[0], errors='replace') as f:
+      if 'step 4/1000' not in f.read():
+        return False
+    procs[1].send_signal(signal.SIGTERM)
+    sent.append(time.time())
+    return True
+
+  os.mkdir(tmp_path / 'logs')
+  out0, _ = _run_two_processes(workdir, str(tmp_path / 'logs'), '--config.training.num_train_steps=1000',
+                                  '--config.training.checkpoint_every=1000', '--config.training.sample_every=0',
+                                  act=terminate_process_1)
+  assert sent, out0
+  stops = re.findall(r'a signal to another process: stopped at step (\d+), its checkpoint written', out0)
+  assert len(stops) == 1, out0[-2000:]
+  step = int(stops[0])
+  assert step > 4 and step % 2 == 0  # a log step (log_every=2) after the signal
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [str(step)]
+  assert 'done:' not in out0
 
 
 def test_initialize_starts_jax_distributed_only_for_multi_process_runs(monkeypatch):

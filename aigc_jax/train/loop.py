@@ -177,8 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   start_step, start_time = step, time.time()
   last_step, last_time = step, start_time
   notice = preemption.Notice()
-  if devs.process_count == 1:  # processes told at different steps would wait for each other's checkpoints
-    notice.install()
+  notice.install()
   try:
     while step < t.num_train_steps:
       inputs = next(calls)
@@ -191,8 +190,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
              (f', {age:.1f}s after the command' if age is not None else ''))
       step += inputs.steps
       done = step == t.num_train_steps
-      stopping = notice.received is not None and not done
       do_log = step % t.log_every == 0 or done
+      # A signal may reach only some processes, at different steps: they agree at log steps, so
+      # all checkpoint and stop at the same one (one process checks after every call).
+      stopping = not done and (notice.received is not None if devs.process_count == 1 else
+                               do_log and parallel.any_process(notice.received is not None, devs))
       do_ckpt = step % t.checkpoint_every == 0 or done or stopping
       if do_log or do_ckpt:
         metrics = watch.read(last_ckpt)  # raises on a non-finite step since the last read, unless skipping
@@ -217,8 +219,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         last_ckpt = step
       if stopping:
         ckpts.wait()
-        _say(f'{notice.received}: stopped at step {step}, its checkpoint written; rerun the same command to '
-             'resume from it')
+        _say(f'{notice.received or "a signal to another process"}: stopped at step {step}, its checkpoint '
+             'written; rerun the same command to resume from it')
         break
       if eval_ds is not None and (step % t.eval_every == 0 or done):
         eval_start = time.time()

@@ -264,6 +264,13 @@ def sampler(sample_fn: Callable, devs: Devices, num: int) -> Callable:
   return run
 
 
+def any_process(flag: bool, devs: Devices) -> bool:
+  """Whether `flag` holds in any process: a collective, so every process must call it at the same step."""
+  if devs.process_count == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def on_every_device(fn: Callable, devs: Devices) -> Callable:
   """Runs `fn(state, batch, rng)` with the same whole batch and key on every local device; one copy comes back.
 

@@ -2,7 +2,8 @@
 
 A handler may run between any two Python bytecodes, in the middle of a step or a checkpoint
 write, so it only records the signal; the loop checks `Notice.received` after each device
-call, checkpoints that step and returns. A second signal is not caught (the handlers are
+call (a multi-process run: at log steps, where the processes agree whether any got one),
+checkpoints that step and returns. A second signal is not caught (the handlers are
 restored after the first), so pressing Ctrl-C twice still stops at once.
 """
 
