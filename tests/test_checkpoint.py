@@ -91,8 +91,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_and_the_previous_one_s
   args = [*TINY, f'--workdir={workdir}', '--config.training.sample_every=0']
   first = _run(*args, '--config.training.num_train_steps=2')
   assert first.returncode == 0, first.stderr[-2000:]
-  full = subprocess.run(_limited(50, [sys.executable, 'run.py', *args]), cwd=ROOT, env=process_env(2), capture_output=True,
-                        text=True, timeout=300)
+  full = subprocess.run(_limited(50, [sys.executable, 'run.py', *args]), cwd=ROOT, env=process_env(2),
+                        capture_output=True, text=True, timeout=300)
   assert full.returncode == 1
   assert full.stderr.strip().splitlines()[-1].startswith(
       f'error: cannot write the checkpoint of step 4 to {workdir}/checkpoints: File too large; the checkpoints of '

@@ -200,8 +200,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_checkpointed_step(tmp_pat
 
   os.mkdir(tmp_path / 'logs')
   out0, _ = _run_two_processes(workdir, str(tmp_path / 'logs'), '--config.training.num_train_steps=1000',
-                                  '--config.training.checkpoint_every=1000', '--config.training.sample_every=0',
-                                  act=terminate_process_1)
+                               '--config.training.checkpoint_every=1000', '--config.training.sample_every=0',
+                               act=terminate_process_1)
   assert sent, out0
   stops = re.findall(r'a signal to another process: stopped at step (\d+), its checkpoint written', out0)
   assert len(stops) == 1, out0[-2000:]

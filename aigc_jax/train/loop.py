@@ -193,8 +193,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       do_log = step % t.log_every == 0 or done
       # A signal may reach only some processes, at different steps: they agree at log steps, so
       # all checkpoint and stop at the same one (one process checks after every call).
-      stopping = not done and (notice.received is not None if devs.process_count == 1 else
-                               do_log and parallel.any_process(notice.received is not None, devs))
+      stopping = (not done and (do_log or devs.process_count == 1) and
+                  parallel.any_process(notice.received is not None, devs))
       do_ckpt = step % t.checkpoint_every == 0 or done or stopping
       if do_log or do_ckpt:
         metrics = watch.read(last_ckpt)  # raises on a non-finite step since the last read, unless skipping
