@@ -2,7 +2,8 @@
 
 It must train exactly as one process with 4 devices fed the same global batches (each
 process's batches, drawn from its own shard, one after another), write logs, metrics and
-samples from process 0 only, and leave checkpoints that one process restores and resumes.
+samples from process 0 only, and leave checkpoints that one process restores and resumes;
+--mode=sample and --mode=eval over two processes must give what that one process gives.
 """
 
 import json
@@ -182,6 +183,48 @@ def test_checkpoint_written_by_two_processes_restores_in_one(two_process_run, tm
   assert int(state.step) == 6
   _assert_close(state.params, reference.params)
   _assert_close(state.ema_params, reference.ema_params)
+
+
+def _reference_eval(config, workdir):
+  """--mode=eval's metrics of `workdir`'s checkpoint in this one process with 4 devices, fed the
+  global eval batches of two processes (each process's rows from its own shard, one after another)."""
+  devs = parallel.devices(jax.devices()[:4])
+  method = methods.get_method(config, parallel.AXIS, {})
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
+  state = ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0)))
+  ckpts.close()
+  p_eval = parallel.eval_step(method.eval_step, devs)
+  rng = jax.random.PRNGKey(config.seed + 3)  # the key --mode=eval draws from
+  metrics = []
+  for i in range(config.eval.num_batches):
+    parts = [data.create(config.data, config.data.eval_split, config.eval.batch_size, seed=config.seed,
+                         process_index=p, process_count=2, local_devices=2, train=False).batch(i) for p in range(2)]
+    batch = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    metrics.append(p_eval(state, batch, jax.random.fold_in(rng, i)))
+  return method.eval_summary({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]})
+
+
+def test_sample_and_eval_over_two_processes(two_process_run, tmp_path):
+  """--mode=sample and --mode=eval over two processes give what one process with 4 devices gives on
+  the same global batches (each device's randomness follows its global index); process 0 writes."""
+  workdir, reference_workdir = str(tmp_path / 'two'), str(tmp_path / 'one')
+  shutil.copytree(two_process_run[0], workdir)
+  shutil.copytree(two_process_run[0], reference_workdir)
+  os.mkdir(tmp_path / 'logs')
+  out0, out1 = _run_two_processes(workdir, str(tmp_path / 'logs'), '--mode=sample')
+  assert '6 samples from step 4' in out0 and 'samples from step' not in out1
+  reference = loop.sample(_config(), reference_workdir, devices=jax.devices()[:4])
+  with np.load(os.path.join(workdir, 'samples', 'step_4_1.npz')) as z:  # step_4.npz: the training-time ones
+    np.testing.assert_array_equal(z['images'], reference['images'])
+
+  out0, out1 = _run_two_processes(workdir, str(tmp_path / 'logs'), '--mode=eval')
+  assert 'eval at step 4' in out0 and 'eval at step' not in out1
+  with open(os.path.join(workdir, 'eval_4.json')) as f:
+    result = json.load(f)
+  reference = _reference_eval(_config(), reference_workdir)
+  assert sorted(result) == sorted(['step', 'num_examples'] + [f'eval/{k}' for k in reference])
+  for key, value in reference.items():  # bits/dim: the model's likelihood of both processes' images
+    np.testing.assert_allclose(result[f'eval/{key}'], value, rtol=1e-5, err_msg=key)
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_checkpointed_step(tmp_path):
