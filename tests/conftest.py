@@ -60,6 +60,19 @@ def tiny_ddpm_config() -> ml_collections.ConfigDict:
   return config
 
 
+def train_digits_feature_net(cache_dir: str) -> str:
+  """A tiny digits classifier feature network in `cache_dir`, trained with the one loop (seconds)."""
+  from configs import classifier_digits
+  from aigc_jax.evaluation import feature_net
+  config = shrink_training(classifier_digits.get_config())
+  config.model.update({'widths': (16, 32), 'features': 32, 'num_groups': 4, 'dropout': 0.0})
+  config.training.update({'num_train_steps': 60, 'checkpoint_every': 60, 'log_every': 60, 'batch_size': 64,
+                          'sample_every': 0, 'ema_rate': 0.5})
+  config.optim.update({'lr': 3e-3, 'warmup_steps': 10, 'schedule': 'constant'})
+  feature_net.train('digits', config, cache_dir)
+  return cache_dir
+
+
 @pytest.fixture
 def tiny_config() -> ml_collections.ConfigDict:
   return tiny_ddpm_config()

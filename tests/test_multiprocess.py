@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from aigc_jax import cache
 from aigc_jax import data
 from aigc_jax import methods
 from aigc_jax.errors import UserError
@@ -29,6 +30,7 @@ from aigc_jax.train import parallel
 from tests.conftest import ROOT
 from tests.conftest import process_env
 from tests.conftest import tiny_ddpm_config
+from tests.conftest import train_digits_feature_net
 
 TIMEOUT_S = 420  # both processes together
 
@@ -204,27 +206,37 @@ def _reference_eval(config, workdir):
   return method.eval_summary({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]})
 
 
-def test_sample_and_eval_over_two_processes(two_process_run, tmp_path):
+def test_sample_and_eval_over_two_processes(two_process_run, tmp_path, monkeypatch):
   """--mode=sample and --mode=eval over two processes give what one process with 4 devices gives on
-  the same global batches (each device's randomness follows its global index); process 0 writes."""
+  the same global batches (each device's randomness follows its global index); process 0 writes.
+
+  The eval includes sample quality under a digits feature network whose reference statistics
+  are not cached yet, so both processes compute and write them at the same time.
+  """
   workdir, reference_workdir = str(tmp_path / 'two'), str(tmp_path / 'one')
   shutil.copytree(two_process_run[0], workdir)
   shutil.copytree(two_process_run[0], reference_workdir)
   os.mkdir(tmp_path / 'logs')
   out0, out1 = _run_two_processes(workdir, str(tmp_path / 'logs'), '--mode=sample')
   assert '6 samples from step 4' in out0 and 'samples from step' not in out1
-  reference = loop.sample(_config(), reference_workdir, devices=jax.devices()[:4])
+  config = _config()
+  reference = loop.sample(config, reference_workdir, devices=jax.devices()[:4])
   with np.load(os.path.join(workdir, 'samples', 'step_4_1.npz')) as z:  # step_4.npz: the training-time ones
     np.testing.assert_array_equal(z['images'], reference['images'])
 
-  out0, out1 = _run_two_processes(workdir, str(tmp_path / 'logs'), '--mode=eval')
+  monkeypatch.setenv(cache.ENV, train_digits_feature_net(str(tmp_path / 'cache')))  # here and in the processes
+  quality = {'num_samples': 24, 'sample_batch': 8,
+             'inception_weights': str(tmp_path / 'absent.pth')}  # no Inception: its weights are not there
+  out0, out1 = _run_two_processes(workdir, str(tmp_path / 'logs'), '--mode=eval',
+                                  *[f'--config.eval.{k}={v}' for k, v in quality.items()])
   assert 'eval at step 4' in out0 and 'eval at step' not in out1
   with open(os.path.join(workdir, 'eval_4.json')) as f:
     result = json.load(f)
-  reference = _reference_eval(_config(), reference_workdir)
-  assert sorted(result) == sorted(['step', 'num_examples'] + [f'eval/{k}' for k in reference])
-  for key, value in reference.items():  # bits/dim: the model's likelihood of both processes' images
-    np.testing.assert_allclose(result[f'eval/{key}'], value, rtol=1e-5, err_msg=key)
+  config.eval.update(quality)
+  expected = loop.evaluate(config, reference_workdir, devices=jax.devices()[:4])  # the same samples
+  expected.update({f'eval/{k}': v for k, v in _reference_eval(config, reference_workdir).items()})
+  assert 'eval/fid_classifier_digits' in result and 'eval/bits_per_dim' in result
+  assert result == pytest.approx(expected, rel=1e-5)
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_checkpointed_step(tmp_path):

@@ -2,6 +2,7 @@
 statistics, and --mode=eval / periodic eval writing them beside bits/dim."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,26 +10,16 @@ import pytest
 from aigc_jax import cache
 from aigc_jax.data import images
 from aigc_jax.errors import UserError
-from aigc_jax.evaluation import feature_net
 from aigc_jax.evaluation import inception
 from aigc_jax.evaluation import sample_quality
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
-from tests.conftest import shrink_training
+from tests.conftest import train_digits_feature_net
 
 
 @pytest.fixture(scope='module')
 def cache_dir(tmp_path_factory):
-  """A tiny digits classifier feature network, trained once with the one loop."""
-  from configs import classifier_digits
-  config = shrink_training(classifier_digits.get_config())
-  config.model.update({'widths': (16, 32), 'features': 32, 'num_groups': 4, 'dropout': 0.0})
-  config.training.update({'num_train_steps': 60, 'checkpoint_every': 60, 'log_every': 60, 'batch_size': 64,
-                          'sample_every': 0, 'ema_rate': 0.5})
-  config.optim.update({'lr': 3e-3, 'warmup_steps': 10, 'schedule': 'constant'})
-  cache = str(tmp_path_factory.mktemp('cache'))
-  feature_net.train('digits', config, cache)
-  return cache
+  return train_digits_feature_net(str(tmp_path_factory.mktemp('cache')))
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +79,27 @@ def test_padded_samples_are_judged_without_their_border(cache_dir):
   config.data.pad, config.data.image_size = 2, 12
   padded, _ = sample_quality.image_metrics(config, np.pad(real, ((0, 0), (2, 2), (2, 2), (0, 0))), devs, cache_dir)
   assert padded == plain
+
+
+def test_cache_files_written_by_two_runs_at_once_are_whole(tmp_path):
+  """Two writers of one cache file at the same time (the processes of a run, the trials of a sweep
+  with a cold cache) both finish, and the file is one of theirs, whole; a failed write leaves none."""
+  path = str(tmp_path / 'stats.npz')
+  with cache.replacing(path) as first, open(first, 'wb') as f:
+    np.savez(f, x=np.zeros(3))
+    with cache.replacing(path) as second, open(second, 'wb') as g:
+      np.savez(g, x=np.ones(3))
+    with np.load(path) as z:
+      np.testing.assert_array_equal(z['x'], np.ones(3))
+  with np.load(path) as z:
+    np.testing.assert_array_equal(z['x'], np.zeros(3))
+  with pytest.raises(OSError):
+    with cache.replacing(path) as tmp, open(tmp, 'wb') as f:
+      f.write(b'half a file')
+      raise OSError('disk full')
+  with np.load(path) as z:
+    np.testing.assert_array_equal(z['x'], np.zeros(3))
+  assert os.listdir(tmp_path) == ['stats.npz']
 
 
 def test_no_feature_network_at_all_is_a_clear_error(tmp_path):

@@ -257,10 +257,8 @@ def params_from_torch_state_dict(sd: dict[str, np.ndarray]) -> dict:
 
 
 def _save_npz(variables: dict, path: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
+  with cache.replacing(path) as tmp, open(tmp, 'wb') as f:
     np.savez(f, **flax.traverse_util.flatten_dict(variables, sep='/'))
-  os.replace(tmp, path)
 
 
 def _load_npz(path: str) -> dict:
@@ -274,21 +272,19 @@ def _load_npz(path: str) -> dict:
 
 def _download(url: str, dest: str) -> None:
   """`url` to `dest` through a temporary file, checked against the hash its name carries."""
-  tmp = dest + '.part'
   sha = hashlib.sha256()
-  try:
-    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, 'wb') as f:
-      while chunk := r.read(1 << 20):
-        sha.update(chunk)
-        f.write(chunk)
-  except OSError as e:
-    raise UserError(f'could not download {url} ({e}): download it elsewhere and pass '
-                    f'--config.eval.inception_weights=PATH, or put it at {dest}') from None
-  if not sha.hexdigest().startswith(WEIGHTS_SHA256_PREFIX):
-    os.remove(tmp)
-    raise UserError(f'{url} came back with SHA-256 {sha.hexdigest()}, not {WEIGHTS_SHA256_PREFIX}...: '
-                    f'download it again, or put a good copy at {dest}')
-  os.replace(tmp, dest)
+  with cache.replacing(dest) as tmp:
+    try:
+      with urllib.request.urlopen(url, timeout=60) as r, open(tmp, 'wb') as f:
+        while chunk := r.read(1 << 20):
+          sha.update(chunk)
+          f.write(chunk)
+    except OSError as e:
+      raise UserError(f'could not download {url} ({e}): download it elsewhere and pass '
+                      f'--config.eval.inception_weights=PATH, or put it at {dest}') from None
+    if not sha.hexdigest().startswith(WEIGHTS_SHA256_PREFIX):
+      raise UserError(f'{url} came back with SHA-256 {sha.hexdigest()}, not {WEIGHTS_SHA256_PREFIX}...: '
+                      f'download it again, or put a good copy at {dest}')
 
 
 def _convert(path: str) -> dict:
@@ -313,17 +309,17 @@ def load_inception(weights_path: str = '', cache_dir: str = cache.DEFAULT_DIR) -
       raise UserError(f'eval.inception_weights={weights_path!r} is not a file: give the path of '
                       f'{WEIGHTS_FILE} (from {WEIGHTS_URL})')
     return _load_npz(path) if path.endswith('.npz') else _convert(path)
-  cache = os.path.expanduser(cache_dir)
-  pth = os.path.join(cache, WEIGHTS_FILE)
+  folder = os.path.expanduser(cache_dir)
+  pth = os.path.join(folder, WEIGHTS_FILE)
   npz = pth[:-len('.pth')] + '.npz'
   if os.path.isfile(npz):
     return _load_npz(npz)
   if not os.path.isfile(pth):
     if not network_up('github.com'):
-      raise UserError(f'the FID Inception weights {WEIGHTS_FILE} are not in {cache} and there is no '
+      raise UserError(f'the FID Inception weights {WEIGHTS_FILE} are not in {folder} and there is no '
                       f'network to download them: fetch {WEIGHTS_URL} elsewhere, then pass '
                       f'--config.eval.inception_weights=PATH or put it at {pth}')
-    os.makedirs(cache, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     _download(WEIGHTS_URL, pth)
   variables = _convert(pth)
   _save_npz(variables, npz)

@@ -105,8 +105,8 @@ def reference(net: Network, d: ml_collections.ConfigDict, split: str,
   keep = np.random.default_rng(0).permutation(len(feats))[:MAX_REFERENCE_FEATURES]
   ref = {'mu': mu, 'sigma': sigma, 'features': feats[np.sort(keep)].astype(np.float32)}
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez(path + '.tmp.npz', key=key, num_images=len(real), **ref)
-  os.replace(path + '.tmp.npz', path)
+  with cache.replacing(path) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, key=key, num_images=len(real), **ref)
   return ref
 
 
