@@ -367,7 +367,7 @@ def test_data_tokenized_unlike_the_checkpoint_is_a_clear_error(trained):
     loop.evaluate(config, workdir)
 
 
-def test_tiny_shakespeare_from_tfds_manual_dir(tmp_path):
+def test_tiny_shakespeare_from_tfds_manual_dir(tmp_path, monkeypatch):
   source = needs_shared_data('tinyshakespeare.txt')
   manual = tmp_path / 'manual'
   manual.mkdir()
@@ -377,6 +377,25 @@ def test_tiny_shakespeare_from_tfds_manual_dir(tmp_path):
   cfg.tfds_data_dir = str(tmp_path / 'tfds')
   train, source_name = text.load(cfg, 'train')
   assert len(train) == 1_003_854 and source_name == "TFDS 'tiny_shakespeare'"
+
+  # Another process (of the same run, or a sweep's trial) prepares the same data set at the same
+  # time and finishes first: before this one starts writing, or while it writes (then TFDS cannot
+  # put this one's copy in place). Either way this one reads the other's copy.
+  import tensorflow_datasets as tfds
+  builder_cls = tfds.core.GeneratorBasedBuilder
+  for method in ('download_and_prepare', '_download_and_prepare'):
+    cfg.tfds_data_dir = str(tmp_path / f'tfds{method}')
+    original = getattr(builder_cls, method)
+    other = []
+
+    def raced(self, *args, original=original, other=other, **kwargs):
+      if not other:
+        other.append(tfds.builder('tiny_shakespeare', data_dir=cfg.tfds_data_dir))
+        other[0].download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=cfg.manual_dir))
+      return original(self, *args, **kwargs)
+    monkeypatch.setattr(builder_cls, method, raced)
+    assert text.load(cfg, 'train')[0] == train, method
+    monkeypatch.undo()
 
 
 def test_tfds_not_prepared_offline_is_a_clear_error(monkeypatch, tmp_path):

@@ -152,7 +152,14 @@ def _tfds(name: str, split: str, data_dir: str, process_index: int, process_coun
           f'run `tfds build {name}` on a machine with network and copy its folder to {where} '
           '(or set data.tfds_data_dir), or set data.image_folder to a local copy laid out as '
           '<split>/<class>/<image>') from None
-    ds = tfds.load(name, split=split, data_dir=data_dir, download=True)
+    try:
+      ds = tfds.load(name, split=split, data_dir=data_dir, download=True)
+    except Exception:
+      if not tfds.builder(name, data_dir=data_dir).is_prepared():
+        raise
+      # another process or run preparing it at the same time finished first (TFDS renames its
+      # finished folder into place; of two writers at once, the second cannot)
+      ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
   return _stack(ds)
 
 

@@ -65,9 +65,13 @@ def _tfds_text(name: str, split: str, data_dir: str, manual_dir: str) -> str:
     config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
     try:
       builder.download_and_prepare(download_config=config)
-    except Exception as e:  # a missing or wrong manual file, or a failed download
-      raise UserError(f'TFDS could not prepare {name!r} (data.manual_dir={manual_dir!r}): '
-                      f'{type(e).__name__}: {" ".join(str(e).split())[:300]}') from None
+    except Exception as e:  # a missing or wrong manual file, a failed download, or another writer
+      if not tfds.builder(name, data_dir=data_dir).is_prepared():
+        raise UserError(f'TFDS could not prepare {name!r} (data.manual_dir={manual_dir!r}): '
+                        f'{type(e).__name__}: {" ".join(str(e).split())[:300]}') from None
+    # What is prepared now: by this process, or by another process or run that prepared it at the
+    # same time and finished first (TFDS then keeps that copy; this builder may not know of it).
+    builder = tfds.builder(name, data_dir=data_dir)
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except (ValueError, KeyError):
