@@ -60,6 +60,15 @@ def tiny_ddpm_config() -> ml_collections.ConfigDict:
   return config
 
 
+def one_level_ddpm_config() -> ml_collections.ConfigDict:
+  """tiny_ddpm_config with a one-level UNet and no attention: the least to compile, for tests that
+  compile its step many times (scanned steps, several device counts, processes)."""
+  config = tiny_ddpm_config()
+  config.model.ch_mult = (1,)
+  config.model.attn_resolutions = ()
+  return config
+
+
 def train_digits_feature_net(cache_dir: str) -> str:
   """A tiny digits classifier feature network in `cache_dir`, trained with the one loop (seconds)."""
   from configs import classifier_digits

@@ -30,7 +30,8 @@ DEVICES = 2
 CHECKPOINT_EVERY = 3
 SAMPLE_EVERY = 4
 OVERRIDES = {
-    'model.ch': 8, 'model.num_groups': 4, 'diffusion.num_timesteps': 50, 'training.batch_size': 8,
+    'model.ch': 8, 'model.num_groups': 4, 'model.ch_mult': (1,), 'model.attn_resolutions': (),
+    'diffusion.num_timesteps': 50, 'training.batch_size': 8,
     'training.log_every': 1, 'training.checkpoint_every': CHECKPOINT_EVERY, 'training.keep_checkpoints': 2,
     'training.sample_every': SAMPLE_EVERY, 'sample.num': 4, 'sample.method': 'ancestral', 'optim.warmup_steps': 5,
 }

@@ -29,18 +29,10 @@ from aigc_jax.train import loop
 from aigc_jax.train import parallel
 from tests.conftest import ROOT
 from tests.conftest import process_env
-from tests.conftest import tiny_ddpm_config
+from tests.conftest import one_level_ddpm_config
 from tests.conftest import train_digits_feature_net
 
 TIMEOUT_S = 420  # both processes together
-
-
-def _config():
-  """The tiny DDPM with a one-level UNet: the least to compile, twice, on a 2-core CPU."""
-  config = tiny_ddpm_config()
-  config.model.ch_mult = (1,)
-  config.model.attn_resolutions = ()
-  return config
 
 
 def _overrides(config, base, prefix='--config.'):
@@ -71,7 +63,7 @@ def _run_two_processes(workdir, logs_dir, *more_flags, act=None):
   `act(procs, logs)` is called while they run, until it returns True.
   """
   from configs import ddpm_digits
-  flags = _overrides(_config(), ddpm_digits.get_config())
+  flags = _overrides(one_level_ddpm_config(), ddpm_digits.get_config())
   env = process_env(2, JAX_PLATFORMS='cpu')
   port = _free_port()
   logs = [os.path.join(logs_dir, f'process_{i}.log') for i in range(2)]
@@ -144,7 +136,7 @@ def _assert_close(a, b, atol=1e-5):
 def test_two_processes_train_as_one_process_with_four_devices(two_process_run):
   workdir, _, seconds = two_process_run
   print(f'two-process run: {seconds:.1f} s')
-  config = _config()
+  config = one_level_ddpm_config()
   reference = _reference(config, [_two_process_batch(config, s) for s in range(4)])
   method = methods.get_method(config, parallel.AXIS, {})
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
@@ -176,7 +168,7 @@ def test_checkpoint_written_by_two_processes_restores_in_one(two_process_run, tm
   """One process with 4 devices resumes the two-process run at step 4 and goes on from it exactly."""
   workdir = str(tmp_path / 'resumed')
   shutil.copytree(two_process_run[0], workdir)
-  config = _config()
+  config = one_level_ddpm_config()
   config.training.num_train_steps = 6
   config.training.sample_every = 0
   state = jax.device_get(loop.train(config, workdir))
@@ -219,7 +211,7 @@ def test_sample_and_eval_over_two_processes(two_process_run, tmp_path, monkeypat
   os.mkdir(tmp_path / 'logs')
   out0, out1 = _run_two_processes(workdir, str(tmp_path / 'logs'), '--mode=sample')
   assert '6 samples from step 4' in out0 and 'samples from step' not in out1
-  config = _config()
+  config = one_level_ddpm_config()
   reference = loop.sample(config, reference_workdir, devices=jax.devices()[:4])
   with np.load(os.path.join(workdir, 'samples', 'step_4_1.npz')) as z:  # step_4.npz: the training-time ones
     np.testing.assert_array_equal(z['images'], reference['images'])

@@ -16,7 +16,14 @@ from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import nonfinite
 from aigc_jax.train import parallel
+from tests.conftest import one_level_ddpm_config
 from tests.test_gan import tiny_dcgan_config
+
+
+@pytest.fixture
+def tiny_config():
+  """A one-level UNet: the scanned test compiles three unrolled steps."""
+  return one_level_ddpm_config()
 
 
 def _batches(config, n, poisoned=()):
