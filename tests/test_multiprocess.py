@@ -102,10 +102,13 @@ def two_process_run(tmp_path_factory):
   return workdir, outputs, time.time() - start
 
 
-def _two_process_batch(config, step):
-  """The global batch of `step` in the two-process run: process 0's rows, then process 1's."""
-  parts = [data.create(config.data, config.data.train_split, config.training.batch_size, seed=config.seed,
-                       process_index=p, process_count=2, local_devices=2, train=True).batch(step)
+def _two_process_batch(config, step, train=True):
+  """The global batch `step` (of training, or of eval) in the two-process run: process 0's rows, then
+  process 1's."""
+  split, batch_size = ((config.data.train_split, config.training.batch_size) if train else
+                       (config.data.eval_split, config.eval.batch_size))
+  parts = [data.create(config.data, split, batch_size, seed=config.seed, process_index=p, process_count=2,
+                       local_devices=2, train=train).batch(step)
            for p in range(2)]
   return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)  # [4 devices, per_device, ...]
 
@@ -126,6 +129,15 @@ def _reference(config, batches):
   return jax.device_get(state)
 
 
+def _restored(config, workdir):
+  """The method, and the newest checkpoint of `workdir` restored in this one process."""
+  method = methods.get_method(config, parallel.AXIS, {})
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
+  state = jax.device_get(ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0))))
+  ckpts.close()
+  return method, state
+
+
 def _assert_close(a, b, atol=1e-5):
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b)
@@ -138,10 +150,7 @@ def test_two_processes_train_as_one_process_with_four_devices(two_process_run):
   print(f'two-process run: {seconds:.1f} s')
   config = one_level_ddpm_config()
   reference = _reference(config, [_two_process_batch(config, s) for s in range(4)])
-  method = methods.get_method(config, parallel.AXIS, {})
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
-  restored = jax.device_get(ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0))))  # in this one process
-  ckpts.close()
+  method, restored = _restored(config, workdir)
   assert int(restored.step) == int(reference.step) == 4
   _assert_close(restored.params, reference.params)
   _assert_close(restored.ema_params, reference.ema_params)
@@ -182,19 +191,11 @@ def test_checkpoint_written_by_two_processes_restores_in_one(two_process_run, tm
 def _reference_eval(config, workdir):
   """--mode=eval's metrics of `workdir`'s checkpoint in this one process with 4 devices, fed the
   global eval batches of two processes (each process's rows from its own shard, one after another)."""
-  devs = parallel.devices(jax.devices()[:4])
-  method = methods.get_method(config, parallel.AXIS, {})
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
-  state = ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0)))
-  ckpts.close()
-  p_eval = parallel.eval_step(method.eval_step, devs)
+  method, state = _restored(config, workdir)
+  p_eval = parallel.eval_step(method.eval_step, parallel.devices(jax.devices()[:4]))
   rng = jax.random.PRNGKey(config.seed + 3)  # the key --mode=eval draws from
-  metrics = []
-  for i in range(config.eval.num_batches):
-    parts = [data.create(config.data, config.data.eval_split, config.eval.batch_size, seed=config.seed,
-                         process_index=p, process_count=2, local_devices=2, train=False).batch(i) for p in range(2)]
-    batch = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-    metrics.append(p_eval(state, batch, jax.random.fold_in(rng, i)))
+  metrics = [p_eval(state, _two_process_batch(config, i, train=False), jax.random.fold_in(rng, i))
+             for i in range(config.eval.num_batches)]
   return method.eval_summary({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]})
 
 

@@ -11,6 +11,7 @@ from aigc_jax.methods import ddpm
 from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
+from tests.conftest import one_level_ddpm_config
 from tests.test_cli import TINY
 from tests.test_cli import _run
 
@@ -47,23 +48,22 @@ def test_state_restores_bit_equal_on_another_device_count(tiny_config, tmp_path,
   assert int(after.step) == 2 and np.isfinite(float(metrics['loss']))
 
 
-def test_a_run_resumed_in_processes_with_4_then_1_then_2_devices_ends_as_one_run(tiny_config, tmp_path):
+def test_a_run_resumed_in_processes_with_4_then_1_then_2_devices_ends_as_one_run(tmp_path):
   """Separate processes, as after a move to another machine; the end equals a 4-device run up to float order."""
   workdir = str(tmp_path / 'moved')
-  # A one-level UNet without attention (one_level_ddpm_config): each device count compiles its own programs.
-  one_level = {'ch_mult': (1,), 'attn_resolutions': ()}
+  config = one_level_ddpm_config()  # the least to compile: each device count compiles its own programs
   args = [*TINY, f'--workdir={workdir}', '--config.diffusion.num_timesteps=100', '--config.training.sample_every=0',
-          '--config.optim.warmup_steps=2', *[f'--config.model.{k}={v}' for k, v in one_level.items()]]
+          '--config.optim.warmup_steps=2', f'--config.model.ch_mult={config.model.ch_mult}',
+          f'--config.model.attn_resolutions={config.model.attn_resolutions}']
   for devices, steps in ((4, 2), (1, 4), (2, 6)):
     result = _run(*args, f'--config.training.num_train_steps={steps}', devices=devices)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f'on {devices} x cpu' in result.stdout
     assert (f'resuming from step {steps - 2} of {steps}' if steps > 2 else 'starting from step 0') in result.stdout
-  tiny_config.training.num_train_steps = 6
-  tiny_config.training.sample_every = 0
-  tiny_config.model.update(one_level)
-  straight = loop.train(tiny_config, str(tmp_path / 'straight'))
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  config.training.num_train_steps = 6
+  config.training.sample_every = 0
+  straight = loop.train(config, str(tmp_path / 'straight'))
+  method = ddpm.DDPM(config, parallel.AXIS)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
   moved = ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0)))
   ckpts.close()
