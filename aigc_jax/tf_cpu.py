@@ -1,4 +1,4 @@
-"""TensorFlow (used only by tf.data/TFDS and TensorBoard writers) confined to the CPU."""
+"""TensorFlow (used only by tf.data and TFDS) confined to the CPU."""
 
 from typing import Any
 

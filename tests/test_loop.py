@@ -13,11 +13,20 @@ from aigc_jax.methods import ddpm
 from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
+from aigc_jax.train import writers
 
 
 def _rows(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
+
+
+def _tensorboard(workdir):
+  """{tag: [(step, value)]} as TensorBoard's event reader sees the run's tensorboard/ folder."""
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, 'tensorboard'), size_guidance={'scalars': 0})
+  events.Reload()
+  return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()['scalars']}
 
 
 def _assert_trees_equal(a, b, atol=0.0):
@@ -49,7 +58,10 @@ def test_workdir_follows_the_contracts(trained):
     assert z['images'].shape == (6, 8, 8, 1) and z['images'].dtype == np.uint8
   grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'step_4.png')))
   assert grid.ndim == 2 and grid.shape[0] >= 2 * 64  # 6 digits on a 3x2 grid of >= 64 px cells
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+  scalars = _tensorboard(workdir)
+  assert set(scalars) == set(rows[0]) - {'step'}
+  for tag, points in scalars.items():
+    np.testing.assert_allclose(points, [(r['step'], r[tag]) for r in rows], rtol=1e-6)
   assert checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3).steps() == [2, 4]
 
 
@@ -76,6 +88,10 @@ def test_eval_mode_writes_eval_json(trained, tiny_config):
   with open(os.path.join(workdir, 'eval_4.json')) as f:
     assert json.load(f) == result
   assert result['num_examples'] == 16 and 0.0 < result['eval/loss'] < 10.0
+  scalars = _tensorboard(workdir)
+  for tag, value in result.items():
+    if tag.startswith('eval/'):
+      np.testing.assert_allclose(scalars[tag], [(4, value)], rtol=1e-6)
 
 
 def test_resume_equals_uninterrupted_run(tiny_config, tmp_path):
@@ -90,7 +106,8 @@ def test_resume_equals_uninterrupted_run(tiny_config, tmp_path):
 
 
 def test_rows_after_the_checkpoint_are_replaced_on_resume(tiny_config, tmp_path):
-  """A run killed after logging past its last checkpoint leaves no duplicate rows behind."""
+  """A run killed after logging past its last checkpoint leaves no duplicate rows behind,
+  in metrics.jsonl or in TensorBoard."""
   tiny_config.training.sample_every = 0
   tiny_config.training.checkpoint_every = 4
   workdir = str(tmp_path)
@@ -98,9 +115,14 @@ def test_rows_after_the_checkpoint_are_replaced_on_resume(tiny_config, tmp_path)
   with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
     f.write(json.dumps({'step': 6, 'loss': 1.0}) + '\n')  # logged by a run killed before step 8
     f.write('{"step": 8, "lo')  # and a row torn by the kill
+  killed = writers.EventFile(os.path.join(workdir, 'tensorboard'))
+  killed.write_scalars(6, {'loss': 1.0})
+  killed.close()
   tiny_config.training.num_train_steps = 8
   loop.train(tiny_config, workdir)
-  assert [r['step'] for r in _rows(workdir)] == [2, 4, 6, 8]
+  rows = _rows(workdir)
+  assert [r['step'] for r in rows] == [2, 4, 6, 8] and rows[2]['loss'] != 1.0
+  np.testing.assert_allclose(_tensorboard(workdir)['loss'], [(r['step'], r['loss']) for r in rows], rtol=1e-6)
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_previous(trained, tiny_config, tmp_path):

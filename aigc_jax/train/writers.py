@@ -14,18 +14,24 @@ The file contracts (../shared/DESIGN.md) are kept here in one place:
 
 import errno
 import functools
+import itertools
 import json
 import math
 import os
+import socket
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
-from aigc_jax import tf_cpu
 from aigc_jax.errors import UserError
 
 TEXT_SEPARATOR = '-' * 40
+_event_file_numbers = itertools.count()  # two event files of one process never share a name
 
 
 def check_writable(workdir: str) -> None:
@@ -72,15 +78,48 @@ def _row_step(line: str) -> float:
     return math.inf
 
 
+class EventFile:
+  """Scalars as a TensorBoard event file, written with TensorBoard's own protos and record format.
+
+  Written directly rather than through tf.summary (clu) or TensorBoard's EventFileWriter, both of
+  which import TensorFlow: that import alone cost every run ~5 s of start-up. Each writer starts
+  its own file, as TensorFlow's do; TensorBoard reads all the files of a folder as one run.
+  """
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    # TensorBoard reads a folder's files in name order: the time first, then this process's count.
+    name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}'
+            f'.{next(_event_file_numbers):06d}')
+    self._records = RecordWriter(open(os.path.join(logdir, name), 'ab'))
+    self._write(event_pb2.Event(file_version='brain.Event:2'))
+
+  def _write(self, event: event_pb2.Event) -> None:
+    event.wall_time = time.time()
+    self._records.write(event.SerializeToString())
+    self._records.flush()  # a killed run keeps every row it logged, as metrics.jsonl does
+
+  def write_start(self, step: int) -> None:
+    """Marks a (re)start at `step`: TensorBoard's event reader (EventAccumulator) then drops what
+    earlier files logged from `step` on, the rows of a killed run that this one recomputes."""
+    self._write(event_pb2.Event(step=int(step), session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._write(event_pb2.Event(step=int(step), summary=summary_pb2.Summary(value=values)))
+
+  def close(self) -> None:
+    self._records.close()
+
+
 class MetricsWriter:
   """Appends scalars to metrics.jsonl and to TensorBoard; only the writing process calls it."""
 
   def __init__(self, workdir: str, resume_step: int):
-    tf_cpu.tensorflow()
-    from clu import metric_writers
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._drop_rows_after(resume_step)
-    self.tensorboard = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self.tensorboard = EventFile(os.path.join(workdir, 'tensorboard'))
+    self.tensorboard.write_start(resume_step + 1)
 
   @_disk_errors_are_user_errors('metrics.jsonl')
   def _drop_rows_after(self, step: int) -> None:
@@ -98,18 +137,17 @@ class MetricsWriter:
     row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
-    self.tensorboard.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+    self.tensorboard.write_scalars(step, scalars)
 
   def close(self) -> None:
     self.tensorboard.close()
 
 
+@_disk_errors_are_user_errors('TensorBoard events')
 def write_tensorboard(workdir: str, step: int, scalars: Mapping[str, float]) -> None:
   """Scalars into the run's TensorBoard only (--mode=eval: metrics.jsonl belongs to training)."""
-  tf_cpu.tensorflow()
-  from clu import metric_writers
-  writer = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-  writer.write_scalars(step, {k: float(v) for k, v in scalars.items()})
+  writer = EventFile(os.path.join(workdir, 'tensorboard'))
+  writer.write_scalars(step, scalars)
   writer.close()
 
 
