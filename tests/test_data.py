@@ -1,5 +1,6 @@
 """Input pipelines: TFDS (mocked), ImageFolder, digits; shapes, range, determinism, sharding."""
 
+import functools
 import logging
 import tarfile
 
@@ -38,6 +39,54 @@ def test_tfds_missing_offline_is_a_clear_error(monkeypatch, tmp_path):
   cfg.tfds_data_dir = str(tmp_path)
   with pytest.raises(UserError, match=r"not prepared in .* no network .*tfds build cifar10.*data.image_folder"):
     images.load(cfg, 'train')
+
+
+@functools.cache
+def _tfds_images_preparable_offline() -> str:
+  """The name of a TFDS image data set that prepares without a download: 6 generated 8x8 images."""
+  import tensorflow_datasets as tfds
+
+  class AigcJaxTestImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(8, 8, 1)), 'label': tfds.features.ClassLabel(num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(6):
+        yield i, {'image': np.full((8, 8, 1), 40 * i, np.uint8), 'label': i % 2}
+
+  return AigcJaxTestImages.name
+
+
+def test_tfds_images_prepared_by_two_processes_at_once(monkeypatch, tmp_path):
+  """Another process (of the same run, or a sweep's trial) downloads and prepares the same data
+  set and finishes first: before this one starts writing, or while it writes (then TFDS cannot
+  put this one's copy in place). Either way this one reads the other's copy."""
+  import tensorflow_datasets as tfds
+  monkeypatch.setattr(images, 'network_up', lambda: True)
+  cfg = ddpm_digits.get_config().data
+  cfg.name = _tfds_images_preparable_offline()
+  builder_cls = tfds.core.GeneratorBasedBuilder
+  for method in ('download_and_prepare', '_download_and_prepare'):
+    cfg.tfds_data_dir = str(tmp_path / method)
+    original = getattr(builder_cls, method)
+    other = []
+
+    def raced(self, *args, original=original, other=other, **kwargs):
+      if not other:
+        other.append(tfds.builder(cfg.name, data_dir=cfg.tfds_data_dir))
+        other[0].download_and_prepare()
+      return original(self, *args, **kwargs)
+    with monkeypatch.context() as race:
+      race.setattr(builder_cls, method, raced)
+      x, y = images.load(cfg, 'train')
+    assert other, method
+    assert sorted(x[:, 0, 0, 0]) == [0, 40, 80, 120, 160, 200] and sorted(y) == [0, 0, 0, 1, 1, 1], method
 
 
 def test_unknown_tfds_name_is_a_clear_error():
