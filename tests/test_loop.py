@@ -115,9 +115,13 @@ def test_rows_after_the_checkpoint_are_replaced_on_resume(tiny_config, tmp_path)
   with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
     f.write(json.dumps({'step': 6, 'loss': 1.0}) + '\n')  # logged by a run killed before step 8
     f.write('{"step": 8, "lo')  # and a row torn by the kill
-  killed = writers.EventFile(os.path.join(workdir, 'tensorboard'))
+  tensorboard = os.path.join(workdir, 'tensorboard')
+  killed = writers.EventFile(tensorboard)
   killed.write_scalars(6, {'loss': 1.0})
+  killed.write_scalars(8, {'loss': 1.0})
   killed.close()
+  torn = os.path.join(tensorboard, sorted(os.listdir(tensorboard))[-1])
+  os.truncate(torn, os.path.getsize(torn) - 7)  # the kill tore the record of step 8
   tiny_config.training.num_train_steps = 8
   loop.train(tiny_config, workdir)
   rows = _rows(workdir)
