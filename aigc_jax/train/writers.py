@@ -82,7 +82,7 @@ class EventFile:
   """Scalars as a TensorBoard event file, written with TensorBoard's own protos and record format.
 
   Written directly rather than through tf.summary (clu) or TensorBoard's EventFileWriter, both of
-  which import TensorFlow: that import alone cost every run ~5 s of start-up. Each writer starts
+  which import TensorFlow: that import alone cost every run ~4 s of start-up. Each writer starts
   its own file, as TensorFlow's do; TensorBoard reads all the files of a folder as one run.
   """
 
