@@ -100,8 +100,9 @@ class EventFile:
     self._records.flush()  # a killed run keeps every row it logged, as metrics.jsonl does
 
   def write_start(self, step: int) -> None:
-    """Marks a (re)start at `step`: TensorBoard's event reader (EventAccumulator) then drops what
-    earlier files logged from `step` on, the rows of a killed run that this one recomputes."""
+    """Marks a (re)start at `step`: TensorBoard then drops what earlier files logged from `step` on,
+    the rows of a killed run that this one recomputes. Its Python reader (EventAccumulator, also
+    `tensorboard --load_fast=false`) needs this mark; its Rust data server drops them either way."""
     self._write(event_pb2.Event(step=int(step), session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
