@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -407,9 +408,9 @@ def test_tfds_not_prepared_offline_is_a_clear_error(monkeypatch, tmp_path):
     text.load(cfg, 'train')
 
 
-def _cli(*args):
-  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, env=process_env(2), capture_output=True, text=True,
-                        timeout=300)
+def _cli(*args, python_flags=()):
+  return subprocess.run([sys.executable, *python_flags, 'run.py', *args], cwd=ROOT, env=process_env(2),
+                        capture_output=True, text=True, timeout=300)
 
 
 def test_cli_trains_then_samples_text(sonnet_file, tmp_path):
@@ -418,9 +419,11 @@ def test_cli_trains_then_samples_text(sonnet_file, tmp_path):
           '--config.model.width=16', '--config.training.batch_size=4', '--config.training.num_train_steps=2',
           '--config.training.log_every=2', '--config.training.checkpoint_every=2',
           '--config.training.sample_every=0', f'--workdir={tmp_path}']
-  train = _cli(*tiny)
+  train = _cli(*tiny, python_flags=('-X', 'importtime'))
   assert train.returncode == 0, train.stderr[-2000:]
   assert 'lm: ' in train.stdout and 'step 2/2 | loss' in train.stdout
+  # TensorFlow (~4 s of start-up) serves TFDS only: a run on a text file, TensorBoard included, never loads it
+  assert re.search(r'\| +jax$', train.stderr, re.M) and not re.search(r'\| +tensorflow$', train.stderr, re.M)
   sample = _cli(*tiny, '--mode=sample', '--config.sample.num=2', '--config.sample.length=5',
                 '--config.sample.prompt=Thou', '--config.data.text_file=/nonexistent.txt')
   assert sample.returncode == 0, sample.stderr[-2000:]
