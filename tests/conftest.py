@@ -1,7 +1,9 @@
 """Test setup: 4 simulated CPU devices (set before JAX starts) and a tiny DDPM config."""
 
+import contextlib
 import os
 import pathlib
+from typing import Any, Iterator
 
 # LLVM optimization level 0: the tests' tiny programs compile about a fifth faster and run
 # fast enough either way (a suite with a cold cache spends most of its time compiling).
@@ -80,6 +82,44 @@ def train_digits_feature_net(cache_dir: str) -> str:
   config.optim.update({'lr': 3e-3, 'warmup_steps': 10, 'schedule': 'constant'})
   feature_net.train('digits', config, cache_dir)
   return cache_dir
+
+
+def restore_newest(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
+  """The method of `config`, and the newest readable checkpoint of `workdir` restored in this process."""
+  from aigc_jax import methods
+  from aigc_jax.train import checkpoint
+  from aigc_jax.train import parallel
+  method = methods.get_method(config, parallel.AXIS, {})
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
+  state = jax.device_get(ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0))))
+  ckpts.close()
+  return method, state
+
+
+# Where another process's prepare of the same TFDS data set can overtake this one's: before this
+# one starts writing, or while it writes (then TFDS cannot rename this one's copy into place).
+TFDS_PREPARE_STAGES = ('download_and_prepare', '_download_and_prepare')
+
+
+@contextlib.contextmanager
+def tfds_prepared_by_another_process_first(stage: str, name: str, data_dir: str,
+                                           **prepare_kwargs: Any) -> Iterator[list]:
+  """Inside: this process's first TFDS prepare is overtaken at `stage` (TFDS_PREPARE_STAGES) by a
+  prepare of `name` into `data_dir` that finishes first, as another process's would. Yields a list
+  that holds that other builder once it has run."""
+  import tensorflow_datasets as tfds
+  builder_cls = tfds.core.GeneratorBasedBuilder
+  original = getattr(builder_cls, stage)
+  other = []
+
+  def raced(self, *args, **kwargs):
+    if not other:
+      other.append(tfds.builder(name, data_dir=data_dir))
+      other[0].download_and_prepare(**prepare_kwargs)
+    return original(self, *args, **kwargs)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(builder_cls, stage, raced)
+    yield other
 
 
 @pytest.fixture

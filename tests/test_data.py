@@ -14,7 +14,9 @@ from aigc_jax.data.pipeline import ImageBatches
 from aigc_jax.errors import UserError
 from configs import ddpm_cifar
 from configs import ddpm_digits
+from tests.conftest import TFDS_PREPARE_STAGES
 from tests.conftest import needs_shared_data
+from tests.conftest import tfds_prepared_by_another_process_first
 
 
 def _create(cfg, split='train', batch=8, devices=4, train=True, process_index=0, process_count=1):
@@ -67,26 +69,15 @@ def test_tfds_images_prepared_by_two_processes_at_once(monkeypatch, tmp_path):
   """Another process (of the same run, or a sweep's trial) downloads and prepares the same data
   set and finishes first: before this one starts writing, or while it writes (then TFDS cannot
   put this one's copy in place). Either way this one reads the other's copy."""
-  import tensorflow_datasets as tfds
   monkeypatch.setattr(images, 'network_up', lambda: True)
   cfg = ddpm_digits.get_config().data
   cfg.name = _tfds_images_preparable_offline()
-  builder_cls = tfds.core.GeneratorBasedBuilder
-  for method in ('download_and_prepare', '_download_and_prepare'):
-    cfg.tfds_data_dir = str(tmp_path / method)
-    original = getattr(builder_cls, method)
-    other = []
-
-    def raced(self, *args, original=original, other=other, **kwargs):
-      if not other:
-        other.append(tfds.builder(cfg.name, data_dir=cfg.tfds_data_dir))
-        other[0].download_and_prepare()
-      return original(self, *args, **kwargs)
-    with monkeypatch.context() as race:
-      race.setattr(builder_cls, method, raced)
+  for stage in TFDS_PREPARE_STAGES:
+    cfg.tfds_data_dir = str(tmp_path / stage)
+    with tfds_prepared_by_another_process_first(stage, cfg.name, cfg.tfds_data_dir) as other:
       x, y = images.load(cfg, 'train')
-    assert other, method
-    assert sorted(x[:, 0, 0, 0]) == [0, 40, 80, 120, 160, 200] and sorted(y) == [0, 0, 0, 1, 1, 1], method
+    assert other, stage
+    assert sorted(x[:, 0, 0, 0]) == [0, 40, 80, 120, 160, 200] and sorted(y) == [0, 0, 0, 1, 1, 1], stage
 
 
 def test_unknown_tfds_name_is_a_clear_error():

@@ -30,6 +30,8 @@ from tests.conftest import process_env
 from tests.conftest import ROOT
 from tests.conftest import needs_shared_data
 from tests.conftest import shrink_training
+from tests.conftest import TFDS_PREPARE_STAGES
+from tests.conftest import tfds_prepared_by_another_process_first
 
 # Shakespeare's Sonnet 18, four times over: a real text that needs nothing from ../shared.
 SONNET = """Shall I compare thee to a summer's day?
@@ -368,7 +370,7 @@ def test_data_tokenized_unlike_the_checkpoint_is_a_clear_error(trained):
     loop.evaluate(config, workdir)
 
 
-def test_tiny_shakespeare_from_tfds_manual_dir(tmp_path, monkeypatch):
+def test_tiny_shakespeare_from_tfds_manual_dir(tmp_path):
   source = needs_shared_data('tinyshakespeare.txt')
   manual = tmp_path / 'manual'
   manual.mkdir()
@@ -383,20 +385,13 @@ def test_tiny_shakespeare_from_tfds_manual_dir(tmp_path, monkeypatch):
   # time and finishes first: before this one starts writing, or while it writes (then TFDS cannot
   # put this one's copy in place). Either way this one reads the other's copy.
   import tensorflow_datasets as tfds
-  builder_cls = tfds.core.GeneratorBasedBuilder
-  for method in ('download_and_prepare', '_download_and_prepare'):
-    cfg.tfds_data_dir = str(tmp_path / f'tfds{method}')
-    original = getattr(builder_cls, method)
-    other = []
-
-    def raced(self, *args, original=original, other=other, **kwargs):
-      if not other:
-        other.append(tfds.builder('tiny_shakespeare', data_dir=cfg.tfds_data_dir))
-        other[0].download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=cfg.manual_dir))
-      return original(self, *args, **kwargs)
-    monkeypatch.setattr(builder_cls, method, raced)
-    assert text.load(cfg, 'train')[0] == train, method
-    monkeypatch.undo()
+  manual_file = tfds.download.DownloadConfig(manual_dir=cfg.manual_dir)
+  for stage in TFDS_PREPARE_STAGES:
+    cfg.tfds_data_dir = str(tmp_path / f'tfds{stage}')
+    with tfds_prepared_by_another_process_first(stage, 'tiny_shakespeare', cfg.tfds_data_dir,
+                                                download_config=manual_file) as other:
+      assert text.load(cfg, 'train')[0] == train, stage
+    assert other, stage
 
 
 def test_tfds_not_prepared_offline_is_a_clear_error(monkeypatch, tmp_path):

@@ -14,6 +14,7 @@ from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
 from aigc_jax.train import writers
+from tests.conftest import restore_newest
 
 
 def _rows(workdir):
@@ -139,10 +140,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_previous(trained, tiny_confi
     for name in files:
       with open(os.path.join(root, name), 'wb'):
         pass  # truncate every file of step 4
-  ckpts = checkpoint.Checkpoints(os.path.join(copy, 'checkpoints'), 3)
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  restored = ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0)))
-  ckpts.close()
+  _, restored = restore_newest(tiny_config, copy)
   assert int(restored.step) == 2
 
 
@@ -199,7 +197,6 @@ def test_training_resumes_past_a_damaged_newest_checkpoint_and_rewrites_it(train
 
 
 def test_a_workdir_that_stops_taking_writes_is_one_clear_error(tmp_path):
-  from aigc_jax.train import writers
   writer = writers.MetricsWriter(str(tmp_path), resume_step=0)
   writer.write(1, {'loss': 1.0})
   os.remove(tmp_path / 'metrics.jsonl')

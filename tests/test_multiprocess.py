@@ -24,11 +24,11 @@ from aigc_jax import cache
 from aigc_jax import data
 from aigc_jax import methods
 from aigc_jax.errors import UserError
-from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
 from tests.conftest import ROOT
 from tests.conftest import process_env
+from tests.conftest import restore_newest
 from tests.conftest import one_level_ddpm_config
 from tests.conftest import train_digits_feature_net
 
@@ -129,15 +129,6 @@ def _reference(config, batches):
   return jax.device_get(state)
 
 
-def _restored(config, workdir):
-  """The method, and the newest checkpoint of `workdir` restored in this one process."""
-  method = methods.get_method(config, parallel.AXIS, {})
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
-  state = jax.device_get(ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0))))
-  ckpts.close()
-  return method, state
-
-
 def _assert_close(a, b, atol=1e-5):
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b)
@@ -150,7 +141,7 @@ def test_two_processes_train_as_one_process_with_four_devices(two_process_run):
   print(f'two-process run: {seconds:.1f} s')
   config = one_level_ddpm_config()
   reference = _reference(config, [_two_process_batch(config, s) for s in range(4)])
-  method, restored = _restored(config, workdir)
+  method, restored = restore_newest(config, workdir)
   assert int(restored.step) == int(reference.step) == 4
   _assert_close(restored.params, reference.params)
   _assert_close(restored.ema_params, reference.ema_params)
@@ -191,7 +182,7 @@ def test_checkpoint_written_by_two_processes_restores_in_one(two_process_run, tm
 def _reference_eval(config, workdir):
   """--mode=eval's metrics of `workdir`'s checkpoint in this one process with 4 devices, fed the
   global eval batches of two processes (each process's rows from its own shard, one after another)."""
-  method, state = _restored(config, workdir)
+  method, state = restore_newest(config, workdir)
   p_eval = parallel.eval_step(method.eval_step, parallel.devices(jax.devices()[:4]))
   rng = jax.random.PRNGKey(config.seed + 3)  # the key --mode=eval draws from
   metrics = [p_eval(state, _two_process_batch(config, i, train=False), jax.random.fold_in(rng, i))

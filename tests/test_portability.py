@@ -1,7 +1,5 @@
 """Checkpoints move between device counts: written with 4 devices they restore with 1 and 2, and the other way round."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
 from tests.conftest import one_level_ddpm_config
+from tests.conftest import restore_newest
 from tests.test_cli import TINY
 from tests.test_cli import _run
 
@@ -63,10 +62,7 @@ def test_a_run_resumed_in_processes_with_4_then_1_then_2_devices_ends_as_one_run
   config.training.num_train_steps = 6
   config.training.sample_every = 0
   straight = loop.train(config, str(tmp_path / 'straight'))
-  method = ddpm.DDPM(config, parallel.AXIS)
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
-  moved = ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0)))
-  ckpts.close()
+  _, moved = restore_newest(config, workdir)
   assert int(moved.step) == 6
   for a, b in zip(jax.tree.leaves(jax.device_get(straight)), jax.tree.leaves(jax.device_get(moved))):
     np.testing.assert_allclose(a, b, atol=1e-5)
