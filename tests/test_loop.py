@@ -205,3 +205,9 @@ def test_a_workdir_that_stops_taking_writes_is_one_clear_error(tmp_path):
                                       r'space or make the workdir writable, then rerun the same command'):
     writer.write(2, {'loss': 1.0})
   writer.close()
+  os.rmdir(tmp_path / 'metrics.jsonl')
+  (tmp_path / 'tensorboard').rename(tmp_path / 'old')
+  (tmp_path / 'tensorboard').write_text('')  # the events folder cannot be made
+  with pytest.raises(UserError, match=r'cannot write TensorBoard events \(File exists: .*tensorboard\): free disk '
+                                      r'space or make the workdir writable'):
+    writers.MetricsWriter(str(tmp_path), resume_step=0)

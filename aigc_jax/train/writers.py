@@ -86,6 +86,7 @@ class EventFile:
   its own file, as TensorFlow's do; TensorBoard reads all the files of a folder as one run.
   """
 
+  @_disk_errors_are_user_errors('TensorBoard events')
   def __init__(self, logdir: str):
     os.makedirs(logdir, exist_ok=True)
     # TensorBoard reads a folder's files in name order: the time first, then this process's count.
