@@ -10,6 +10,7 @@ from aigc_jax.errors import UserError
 from aigc_jax.methods import ddpm
 from aigc_jax.train import parallel
 from configs import ddpm_cifar
+from tests.conftest import tiny_ddpm_config
 
 T = 1000
 
@@ -77,6 +78,17 @@ def test_ddim_timesteps():
   assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and np.all(np.diff(ts) < 0)
   with pytest.raises(UserError, match='sample.steps'):
     ddpm.ddim_timesteps(1000, 1001)
+
+
+def test_settings_that_would_give_nan_images_are_clear_errors():
+  config = tiny_ddpm_config()
+  config.sample.eta = 1.5  # the DDIM step would take the square root of a negative number
+  with pytest.raises(UserError, match=r'sample.eta=1.5 must be in \[0, 1\]'):
+    ddpm.DDPM.check_config(config)
+  config = tiny_ddpm_config()
+  config.model.ch, config.model.num_groups = 2, 1  # a time embedding of one frequency divides by zero
+  with pytest.raises(UserError, match='model.ch=2 must be >= 4'):
+    ddpm.DDPM.check_config(config)
 
 
 def test_cifar_unet_has_35_7m_parameters():

@@ -157,6 +157,10 @@ def test_conditioning_settings_are_clear_errors():
   with pytest.raises(UserError, match=r'sample.labels has \[10\], outside the classes 0..9'):
     ddpm.DDPM.check_config(config)
   config = tiny_cond_config()
+  config.model.label_dropout = 0.0  # the null class would never be trained, yet guidance would use it
+  with pytest.raises(UserError, match='sample.guidance_scale=1.0 needs the unconditional model'):
+    ddpm.DDPM.check_config(config)
+  config = tiny_cond_config()
   config.model.label_dropout = 1.0
   with pytest.raises(UserError, match=r'model.label_dropout=1.0 must be in \[0, 1\)'):
     ddpm.DDPM.check_config(config)

@@ -157,6 +157,9 @@ class DDPM:
       raise UserError(f"sample.method={config.sample.method!r} is unknown: use 'ancestral' or 'ddim'")
     if config.sample.method == 'ddim':
       ddim_timesteps(config.diffusion.num_timesteps, config.sample.steps)
+      if not 0.0 <= config.sample.eta <= 1.0:  # past 1 the DDIM step's noise outweighs its variance: NaN images
+        raise UserError(f'sample.eta={config.sample.eta} must be in [0, 1] (0: deterministic DDIM, 1: as noisy '
+                        'as the ancestral sampler)')
 
   def init(self, rng: jax.Array) -> state_lib.TrainState:
     x = jnp.zeros((1,) + self.image_shape, jnp.float32)
@@ -322,6 +325,9 @@ def _validate_unet(m: ml_collections.ConfigDict, image_size: int) -> None:
   if image_size % down:
     raise UserError(f'data.image_size={image_size} must be divisible by {down} = 2**(len(model.ch_mult)-1) '
                     f'for model.ch_mult={tuple(m.ch_mult)}: change one of them')
+  if m.ch < 4:
+    raise UserError(f'model.ch={m.ch} must be >= 4: the sinusoidal time embedding, model.ch wide, needs two '
+                    'frequencies of sine and cosine')
   for width in {m.ch * k for k in m.ch_mult}:
     if width % m.num_groups:
       raise UserError(f'model.num_groups={m.num_groups} must divide every level width '
@@ -345,6 +351,9 @@ def _validate_conditioning(m: ml_collections.ConfigDict, s: ml_collections.Confi
       raise UserError('sample.guidance_scale and sample.labels need a class-conditional model: set '
                       'model.num_classes (e.g. configs/ddpm_digits_cond.py) or leave them at 0 and ()')
     return
+  if s.guidance_scale and not m.label_dropout:
+    raise UserError(f'sample.guidance_scale={s.guidance_scale} needs the unconditional model, which training '
+                    'teaches only with model.label_dropout > 0 (e.g. 0.1): set it, or sample.guidance_scale=0')
   if s.guidance_scale < -1.0:
     raise UserError(f'sample.guidance_scale={s.guidance_scale} must be >= -1 (0: the conditional model alone, '
                     '-1: the unconditional one)')
