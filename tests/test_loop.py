@@ -130,6 +130,38 @@ def test_rows_after_the_checkpoint_are_replaced_on_resume(tiny_config, tmp_path)
   np.testing.assert_allclose(_tensorboard(workdir)['loss'], [(r['step'], r['loss']) for r in rows], rtol=1e-6)
 
 
+def test_a_run_killed_before_its_checkpoints_eval_and_samples_makes_them_on_resume(tiny_config, tmp_path):
+  """Killed (or stopped by a signal) after writing the checkpoint of an eval and sample step but
+  before its eval and samples: the resumed run makes them first, so none is lost."""
+  tiny_config.training.eval_every = 4
+  workdir = str(tmp_path)
+  loop.train(tiny_config, workdir)
+  rows = _rows(workdir)
+  assert [r['step'] for r in rows if 'eval/loss' in r] == [4]
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:  # as the killed run left it
+    f.writelines(json.dumps(r) + '\n' for r in rows if 'eval/loss' not in r)
+  for name in os.listdir(os.path.join(workdir, 'samples')):
+    os.remove(os.path.join(workdir, 'samples', name))
+  tiny_config.training.num_train_steps = 6
+  loop.train(tiny_config, workdir)
+  assert [r['step'] for r in _rows(workdir) if 'eval/loss' in r] == [4, 6]
+  assert os.path.exists(os.path.join(workdir, 'samples', 'step_4.npz'))
+  loop.train(tiny_config, workdir)  # a finished run with its eval and samples: nothing is done again
+  assert [r['step'] for r in _rows(workdir) if 'eval/loss' in r] == [4, 6]
+
+
+def test_a_resume_between_call_boundaries_still_logs_and_checkpoints_on_schedule(tiny_config, tmp_path):
+  t = tiny_config.training
+  t.sample_every, t.steps_per_call, t.log_every, t.checkpoint_every = 0, 2, 4, 4
+  t.num_train_steps = 5  # the last call is one step short: the run ends between two call boundaries
+  workdir = str(tmp_path)
+  loop.train(tiny_config, workdir)
+  t.num_train_steps = 13
+  loop.train(tiny_config, workdir)
+  assert [r['step'] for r in _rows(workdir)] == [4, 5, 8, 12, 13]
+  assert checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3).steps() == [8, 12, 13]
+
+
 def test_unreadable_latest_checkpoint_falls_back_to_previous(trained, tiny_config, tmp_path):
   workdir, _ = trained
   import shutil

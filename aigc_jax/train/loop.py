@@ -141,6 +141,18 @@ def _write_samples(workdir: str, step: int, outputs: dict[str, Any], overwrite: 
   return paths
 
 
+def _call_bounds(step: int, num_steps: int, per_call: int) -> list[tuple[int, int]]:
+  """[first, end) steps of each device call from `step` on: calls end at multiples of `per_call` (or at the end).
+
+  A run resumed from a step between multiples (it ended early, or had another steps_per_call)
+  starts with a short call, so that later calls still reach the log and checkpoint steps.
+  """
+  if step >= num_steps:
+    return []
+  first_end = min((step // per_call + 1) * per_call, num_steps)
+  return [(step, first_end)] + [(a, min(a + per_call, num_steps)) for a in range(first_end, num_steps, per_call)]
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final state."""
@@ -172,10 +184,41 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   quality_sampler = _quality_sampler(config, method, devs, n_quality) if n_quality > 0 else None
   p_sample = (_sampler(method, devs, config.sample.num, _held_out_examples(config, method, ds.info))
               if t.sample_every else None)
-  calls = parallel.prefetch(([ds.batch(s) for s in range(a, min(a + t.steps_per_call, t.num_train_steps))]
-                             for a in range(step, t.num_train_steps, t.steps_per_call)), devs, t.steps_per_call)
+  calls = parallel.prefetch(([ds.batch(s) for s in range(a, b)] for a, b in
+                             _call_bounds(step, t.num_train_steps, t.steps_per_call)), devs, t.steps_per_call)
   start_step, start_time = step, time.time()
   last_step, last_time = step, start_time
+
+  def evaluate() -> None:
+    nonlocal last_time
+    eval_start = time.time()
+    scores = _held_out_metrics(config, method, state, p_eval, eval_ds)
+    if quality_sampler:
+      scores.update(_sample_quality(config, method, state, devs, n_quality, quality_sampler))
+    scores = {f'eval/{k}': v for k, v in scores.items()}
+    if writer:
+      writer.write(step, scores)
+    _say(f'eval at step {step}: ' + ', '.join(f'{k} {v:.5g}' for k, v in scores.items()))
+    last_time += time.time() - eval_start  # steps/s and ETA count training time only
+
+  def draw_samples() -> None:
+    nonlocal last_time
+    sample_start = time.time()
+    samples = p_sample(state, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step))
+    if devs.process_index == 0:
+      _say(f'samples: {", ".join(_write_samples(workdir, step, method.decode_samples(samples)))}')
+    last_time += time.time() - sample_start  # steps/s and ETA count training time only
+
+  # A run stopped (or killed) after the checkpoint of an eval or sample step but before its eval or
+  # samples would never make them: make them first. Process 0 reads the workdir; all agree.
+  if restored is not None:
+    due = step == t.num_train_steps
+    if eval_ds is not None and (due or step % t.eval_every == 0) and parallel.any_process(
+        writer is not None and not writer.has_row(step, 'eval/'), devs):
+      evaluate()
+    if p_sample and step % t.sample_every == 0 and parallel.any_process(
+        devs.process_index == 0 and not writers.samples_written(workdir, step), devs):
+      draw_samples()
   notice = preemption.Notice()
   notice.install()
   try:
@@ -223,21 +266,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
              'written; rerun the same command to resume from it')
         break
       if eval_ds is not None and (step % t.eval_every == 0 or done):
-        eval_start = time.time()
-        scores = _held_out_metrics(config, method, state, p_eval, eval_ds)
-        if quality_sampler:
-          scores.update(_sample_quality(config, method, state, devs, n_quality, quality_sampler))
-        scores = {f'eval/{k}': v for k, v in scores.items()}
-        if writer:
-          writer.write(step, scores)
-        _say(f'eval at step {step}: ' + ', '.join(f'{k} {v:.5g}' for k, v in scores.items()))
-        last_time += time.time() - eval_start  # steps/s and ETA count training time only
+        evaluate()
       if p_sample and step % t.sample_every == 0:
-        sample_start = time.time()
-        samples = p_sample(state, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step))
-        if devs.process_index == 0:
-          _say(f'samples: {", ".join(_write_samples(workdir, step, method.decode_samples(samples)))}')
-        last_time += time.time() - sample_start  # steps/s and ETA count training time only
+        draw_samples()
   finally:
     notice.uninstall()
     ckpts.close()  # a failing or interrupted run still completes the checkpoint it was writing

@@ -134,6 +134,14 @@ class MetricsWriter:
       f.writelines(rows)
     os.replace(self.path + '.tmp', self.path)
 
+  def has_row(self, step: int, prefix: str) -> bool:
+    """Whether metrics.jsonl holds a row of `step` with a scalar named `prefix`... (e.g. 'eval/')."""
+    if not os.path.exists(self.path):
+      return False
+    with open(self.path) as f:
+      rows = [json.loads(line) for line in f if _row_step(line) == step]
+    return any(k.startswith(prefix) for row in rows for k in row)
+
   @_disk_errors_are_user_errors('metrics.jsonl')
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
@@ -201,6 +209,11 @@ def text_document(texts: Sequence[str], scores: Mapping[str, Sequence[float]] | 
 
 
 @_disk_errors_are_user_errors('samples')
+def samples_written(workdir: str, step: int) -> bool:
+  """Whether samples/ holds the samples of `step` (step_<N>.npz or .txt)."""
+  return any(os.path.exists(os.path.join(workdir, 'samples', f'step_{step}{ext}')) for ext in ('.npz', '.txt'))
+
+
 def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite: bool = True) -> list[str]:
   """Writes a method's decoded samples into samples/; returns the paths.
 
