@@ -19,8 +19,9 @@ from aigc_jax import cache
 def _explain_bad_override(argv: list[str], error: Exception) -> str:
   """Why absl could not apply the --config overrides: a config file that fails to load, or a key it lacks."""
   from ml_collections.config_flags import config_flags as cf
-  paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
-  path = paths[-1] if paths else None  # absl keeps the last
+  paths = [a.split('=', 1)[1] if a.startswith('--config=') else b
+           for a, b in zip(argv, argv[1:] + ['']) if a.startswith('--config=') or a == '--config']
+  path = paths[-1] if paths else None  # absl keeps the last; `--config FILE` is the same as `--config=FILE`
   try:
     config = cf._LoadConfigModule('config', path).get_config()  # pylint: disable=protected-access
   except Exception as e:  # pylint: disable=broad-except

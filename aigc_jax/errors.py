@@ -2,4 +2,4 @@
 
 
 class UserError(Exception):
-  """Bad input (config, data, workdir): `run.py` prints the message as one line and exits 2."""
+  """Bad input (config, data, workdir): `run.py` prints the message as one line and exits 1."""

@@ -64,6 +64,13 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
   assert 'Traceback' not in result.stderr
 
 
+def test_config_file_as_a_separate_argument_gets_the_same_errors(tmp_path):
+  result = _run('--config', 'configs/ddpm_digits.py', f'--workdir={tmp_path}', '--config.training.bacth_size=8')
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: unknown config key --config.training.bacth_size: training has batch_size,'), result.stderr[-2000:]
+
+
 def test_unwritable_workdir_is_one_clear_line(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a folder')

@@ -194,6 +194,14 @@ def test_checkpoints_of_another_config_are_an_error_not_a_fresh_start(trained, t
     loop.sample(tiny_config, workdir)
 
 
+def test_sample_and_eval_without_checkpoints_are_an_error_that_makes_no_folders(tiny_config, tmp_path):
+  mistyped = str(tmp_path / 'typo')
+  for mode in (loop.sample, loop.evaluate):
+    with pytest.raises(UserError, match=r'no checkpoint in .*typo/checkpoints: train first \(--mode=train\)'):
+      mode(tiny_config, mistyped)
+  assert not os.path.exists(mistyped)
+
+
 def test_loop_settings_are_validated_before_compiling(tiny_config, tmp_path):
   tiny_config.training.steps_per_call = 3
   with pytest.raises(UserError, match='training.log_every=2 must be a multiple of training.steps_per_call=3'):
@@ -206,6 +214,10 @@ def test_loop_settings_are_validated_before_compiling(tiny_config, tmp_path):
   tiny_config.training.eval_every = 2
   tiny_config.eval.batch_size = 6
   with pytest.raises(UserError, match='eval.batch_size=6 must be a positive multiple'):
+    loop.train(tiny_config, str(tmp_path))
+  tiny_config.eval.batch_size = 8
+  tiny_config.training.steps_per_call, tiny_config.training.sample_every = 2, -1
+  with pytest.raises(UserError, match=r'training.sample_every=-1 must be >= 0 \(0: never during training\)'):
     loop.train(tiny_config, str(tmp_path))
 
 

@@ -56,20 +56,25 @@ def validate(config: ml_collections.ConfigDict, devs: parallel.Devices) -> None:
   for key in ('num_train_steps', 'log_every', 'checkpoint_every', 'steps_per_call', 'keep_checkpoints'):
     if t[key] <= 0:
       raise UserError(f'training.{key}={t[key]} must be positive')
+  for key in ('sample_every', 'eval_every'):
+    if t[key] < 0:
+      raise UserError(f'training.{key}={t[key]} must be >= 0 (0: never during training)')
   for key in ('log_every', 'checkpoint_every', 'sample_every', 'eval_every'):
     if t[key] % t.steps_per_call:
       raise UserError(f'training.{key}={t[key]} must be a multiple of training.steps_per_call='
                       f'{t.steps_per_call}: change one of them')
-  for key in ('sample_every', 'eval_every'):
-    if t[key] < 0:
-      raise UserError(f'training.{key}={t[key]} must be >= 0 (0: never during training)')
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str,
-           devices: Sequence[jax.Device] | None) -> tuple[parallel.Devices, checkpoint.Checkpoints]:
-  """Devices and the run's checkpoints, after validating the loop's and the method's settings."""
+def _setup(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None,
+           training: bool = False) -> tuple[parallel.Devices, checkpoint.Checkpoints]:
+  """Devices and the run's checkpoints, after validating the loop's and the method's settings.
+
+  Only training makes a workdir: eval and sample on one without checkpoints (a mistyped path) leave no folders.
+  """
   devs = parallel.devices(devices)
   validate(config, devs)
+  if not training and not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise UserError(f'no checkpoint in {workdir}/checkpoints: train first (--mode=train)')
   writers.check_writable(workdir)
   methods.check_config(config)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.training.keep_checkpoints)
@@ -157,7 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final state."""
   setup_start = time.time()
-  devs, ckpts = _setup(config, workdir, devices)
+  devs, ckpts = _setup(config, workdir, devices, training=True)
   t = config.training
   ds = train_data(config, devs, ckpts.data_info())
   method, state = init_method(config, ds.info)
