@@ -68,7 +68,8 @@ def test_a_damaged_file_in_the_newest_step_falls_back_to_the_previous_one(tmp_pa
   np.testing.assert_array_equal(restored['w'], states[1]['w'])
   assert re.search(r'the checkpoint of step 2 in .* is unreadable \(.*\); falling back to the one before it',
                    caplog.text)
-  assert 'Exception ignored' not in capfd.readouterr().err  # one warning, not a traceback per abandoned read
+  err = capfd.readouterr().err
+  assert 'Exception ignored' not in err and 'Event loop is closed' not in err  # not a traceback per abandoned read
   ckpts.set_aside_after(1)  # what training does next: step 2 is written anew
   assert ckpts.steps() == [1] and os.path.isdir(str(tmp_path) + '.unreadable/2')
   ckpts.save(2, states[2], {})
@@ -94,6 +95,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_and_the_previous_one_s
   full = subprocess.run(_limited(50, [sys.executable, 'run.py', *args]), cwd=ROOT, env=process_env(2),
                         capture_output=True, text=True, timeout=300)
   assert full.returncode == 1
+  assert 'Traceback' not in full.stderr  # Orbax's logs of the failure keep to a line each
   assert full.stderr.strip().splitlines()[-1].startswith(
       f'error: cannot write the checkpoint of step 4 to {workdir}/checkpoints: File too large; the checkpoints of '
       'steps [2] are intact: free disk space or make the folder writable, then rerun the same command to resume')

@@ -16,7 +16,6 @@ next save, `wait` or `close`), and leaves the earlier checkpoints as they were.
 """
 
 import contextlib
-import gc
 import logging
 import os
 import re
@@ -43,6 +42,7 @@ class Checkpoints:
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True)
     self.directory = os.path.abspath(directory)
+    _OrbaxTracebacks.install()
     self.manager = ocp.CheckpointManager(self.directory, item_names=(_STATE, _DATA_INFO), options=options)
     self._writing: int | None = None  # the step whose asynchronous write may still be under way
     # Orbax removes the unfinished folders of killed runs in a thread of its own; a program that stops
@@ -75,7 +75,7 @@ class Checkpoints:
       yield
     except Exception as e:  # Orbax and TensorStore report I/O failures as many exception types
       failed, self._writing = self._writing, None
-      _quiet_failing_writers()
+      _quiet_abandoned_io()
       try:
         self.manager.close()  # lets Orbax's other writers fail now rather than after the message
       except Exception:  # they fail for the same reason
@@ -116,15 +116,15 @@ class Checkpoints:
     """
     steps = [step] if step is not None else list(reversed(self.steps()))
     errors = []
-    with _quiet_abandoned_reads():
-      for s in steps:
-        try:
-          return self.manager.restore(s, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))[
-              _STATE]
-        except Exception as e:  # an unreadable checkpoint: try the one before it
-          errors.append(f'step {s}: {type(e).__name__}: {" ".join(str(e).split())[:300]}')
-          logging.warning('the checkpoint of step %s in %s is unreadable (%s); falling back to the one before it',
-                          s, self.directory, errors[-1])
+    _quiet_abandoned_io()  # before the first read: the echoes of a failing one start while it fails
+    for s in steps:
+      try:
+        return self.manager.restore(s, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))[
+            _STATE]
+      except Exception as e:  # an unreadable checkpoint: try the one before it
+        errors.append(f'step {s}: {type(e).__name__}: {" ".join(str(e).split())[:300]}')
+        logging.warning('the checkpoint of step %s in %s is unreadable (%s); falling back to the one before it',
+                        s, self.directory, errors[-1])
     if errors:
       raise UserError(f'no checkpoint in {self.directory} could be restored ({errors[0]}): use the config '
                       'that wrote them (same model and optimizer), or a new workdir')
@@ -157,14 +157,24 @@ class Checkpoints:
       self.manager.close()
 
 
-def _quiet_failing_writers() -> None:
-  """Silences the echoes of a failed write: Orbax's other writers fail in turn as the program ends.
+class _OrbaxTracebacks(logging.Filter):
+  """Keeps Orbax's error logs to their one line, without the traceback each carries.
 
-  Each would log its own 'Task exception was never retrieved' (asyncio) or warn of a
-  coroutine never awaited, burying the one error that says what happened and what to do.
+  When a write fails (disk full, folder gone or read-only) its background threads log the
+  failure several times with tracebacks (~300 lines) before the save reports it, and
+  `Checkpoints` then says it in one UserError naming the reason and the intact steps.
   """
-  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
-  warnings.filterwarnings('ignore', message='coroutine .* was never awaited', category=RuntimeWarning)
+
+  @classmethod
+  def install(cls) -> None:
+    absl_logger = logging.getLogger('absl')  # where absl.logging, which Orbax logs with, writes
+    if not any(isinstance(f, cls) for f in absl_logger.filters):
+      absl_logger.addFilter(cls())
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if f'{os.sep}orbax{os.sep}' in record.pathname:
+      record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _io_reason(error: Exception) -> str:
@@ -177,22 +187,27 @@ def _io_reason(error: Exception) -> str:
   return f'{type(error).__name__}: {" ".join(str(error).split())[:200]}'
 
 
-@contextlib.contextmanager
-def _quiet_abandoned_reads() -> Iterator[None]:
-  """Drops the 'Exception ignored in <coroutine ...>' tracebacks of the reads a failed restore abandons.
+def _quiet_abandoned_io() -> None:
+  """From now on, drops the echoes of the reads or writes that a failing restore or save abandons.
 
-  Orbax reads every array concurrently; when one read fails, the others' coroutines are
-  dropped unawaited and Python prints each one's traceback when collecting it. The failure
-  itself is reported once, by the caller.
+  When one array read (or write) fails, Orbax abandons the others: their coroutines are
+  collected unawaited ('Exception ignored in <coroutine ...>', or a warning that one was never
+  awaited), asyncio logs 'Task exception was never retrieved' for each, and TensorStore's
+  reads still under way call back into the closed event loop from its own threads, each
+  an unraisable 'Event loop is closed'. They go on for seconds after the restore or save has
+  returned: hundreds of tracebacks that buried the one line saying what happened and what to
+  do, which the caller reports. Only these echoes are dropped, and only asyncio is quieted
+  (Orbax alone uses it here).
   """
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+  warnings.filterwarnings('ignore', message='coroutine .* was never awaited', category=RuntimeWarning)
+  if getattr(sys.unraisablehook, 'quiets_abandoned_io', False):
+    return
   previous = sys.unraisablehook
 
   def hook(unraisable: Any) -> None:
-    if type(unraisable.object).__name__ != 'coroutine':
+    closed_loop = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == 'Event loop is closed'
+    if not (closed_loop or type(unraisable.object).__name__ == 'coroutine'):
       previous(unraisable)
+  hook.quiets_abandoned_io = True
   sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    gc.collect()
-    sys.unraisablehook = previous
