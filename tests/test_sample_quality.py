@@ -1,16 +1,20 @@
 """Sample quality at eval: FID / IS / KID under the classifier feature network, cached reference
 statistics, and --mode=eval / periodic eval writing them beside bits/dim."""
 
+import dataclasses
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from aigc_jax import cache
 from aigc_jax.data import images
 from aigc_jax.errors import UserError
+from aigc_jax.evaluation import feature_net
 from aigc_jax.evaluation import inception
+from aigc_jax.evaluation import metrics
 from aigc_jax.evaluation import sample_quality
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
@@ -69,6 +73,51 @@ def test_reference_statistics_are_computed_once_then_read_from_the_cache(cache_d
   monkeypatch.setattr(images, 'load', no_data)
   again, _ = sample_quality.image_metrics(config, real[:50], devs, cache_dir)
   assert again['fid_classifier_digits'] == first['fid_classifier_digits']
+
+
+def test_a_retrained_feature_network_of_the_same_name_does_not_reuse_the_old_reference(cache_dir, tmp_path,
+                                                                                       monkeypatch):
+  """Retraining keeps the name classifier_digits; the cached real-image statistics must follow the new weights."""
+  config = _ddpm_digits()
+  devs = parallel.devices()
+  stats_dir = str(tmp_path)  # reference statistics apart from the module's shared cache
+  (old,), _ = sample_quality.networks(config, devs, cache_dir)
+  trained = feature_net.load('digits', cache_dir, devs.local)
+  monkeypatch.setattr(feature_net, 'load', lambda *args: dataclasses.replace(
+      trained, params=jax.tree.map(lambda p: 1.5 * p, trained.params)))
+  (new,), _ = sample_quality.networks(config, devs, cache_dir)
+  assert new.name == old.name and new.weights_id != old.weights_id
+  old_ref = sample_quality.reference(old, config.data, 'train', stats_dir)
+  new_ref = sample_quality.reference(new, config.data, 'train', stats_dir)
+  mu, sigma = metrics.feature_stats(new.outputs(images.load(config.data, 'train')[0])[0])
+  assert not np.allclose(new_ref['mu'], old_ref['mu'])
+  np.testing.assert_allclose(new_ref['mu'], mu, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new_ref['sigma'], sigma, rtol=1e-5, atol=1e-6)
+
+  def no_data(*args):
+    raise AssertionError('the real images were read again')
+  monkeypatch.setattr(images, 'load', no_data)
+  (again,), _ = sample_quality.networks(config, devs, cache_dir)
+  np.testing.assert_array_equal(sample_quality.reference(again, config.data, 'train', stats_dir)['mu'], new_ref['mu'])
+
+
+def test_a_rewritten_npz_file_does_not_reuse_the_old_reference(tmp_path):
+  """The same npz path with other images (and a newer time) gets statistics of those images."""
+  net = sample_quality.Network('pixels', lambda x: (x.reshape(len(x), -1) / 255.0, np.zeros((len(x), 2))), False,
+                               'fixed')
+  path = tmp_path / 'data.npz'
+  config = _ddpm_digits().data
+  config.npz_path, config.npz_holdout = str(path), 2
+  rng = np.random.default_rng(0)
+  refs, means = [], []
+  for version in range(2):
+    x = rng.integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    np.savez(path, images=x)
+    os.utime(path, ns=(version * 10**9, version * 10**9))  # same size: only the time tells the files apart
+    refs.append(sample_quality.reference(net, config, 'train', str(tmp_path / 'cache')))
+    means.append(x[:-2].reshape(10, -1).mean(0) / 255.0)
+  np.testing.assert_allclose(refs[1]['mu'], means[1])
+  assert not np.allclose(refs[1]['mu'], refs[0]['mu'])
 
 
 def test_padded_samples_are_judged_without_their_border(cache_dir):

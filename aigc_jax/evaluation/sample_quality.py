@@ -7,14 +7,19 @@ which needs no download. Every metric is named after the network it used — `fi
 `fid_classifier_mnist` — because FIDs from different networks are not comparable. The real
 side of each comparison (feature mean, covariance and up to `MAX_REFERENCE_FEATURES`
 features for KID) is computed once per data source, split and network and cached under
-<cache>/reference_stats/.
+<cache>/reference_stats/<network>/, in a file named after the data source, split and network
+name. The key stored in it adds what those names do not pin down: the network's weights (a hash
+of its variables, so a retrained classifier of the same name misses) and, for an npz source, the
+file's size and modification time (so a rewritten file misses). A miss recomputes the statistics
+and overwrites the stale file.
 """
 
 import dataclasses
 import hashlib
 import os
-from typing import Callable
+from typing import Any, Callable
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -33,10 +38,25 @@ INCEPTION_BATCH = 64             # images per call of the 299x299 network, round
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-  """A feature network: `outputs(uint8 images [N, H, W, C]) -> (features [N, F], logits [N, K])`."""
+  """A feature network: `outputs(uint8 images [N, H, W, C]) -> (features [N, F], logits [N, K])`.
+
+  `weights_id` identifies the weights behind `outputs` (see `weights_id`): a retrained network keeps
+  its name, so only this tells its cached reference statistics from those of its old weights.
+  """
   name: str
   outputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
   is_classifier: bool
+  weights_id: str
+
+
+def weights_id(variables: Any) -> str:
+  """A short SHA-1 of a network's variables (each one's path, dtype, shape and bytes): which weights these are."""
+  sha = hashlib.sha1()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]:
+    a = np.asarray(leaf)
+    sha.update(f'{jax.tree_util.keystr(path)} {a.dtype} {a.shape};'.encode())
+    sha.update(a.tobytes())
+  return sha.hexdigest()[:16]
 
 
 def _classifier_dataset(config: ml_collections.ConfigDict) -> str:
@@ -52,7 +72,7 @@ def networks(config: ml_collections.ConfigDict, devs: parallel.Devices,
   if dataset in feature_net.CONFIGS:
     try:
       net = feature_net.load(dataset, cache_dir, devs.local)
-      found.append(Network(net.name, lambda x, net=net: net.outputs(x)[::-1], True))
+      found.append(Network(net.name, lambda x, net=net: net.outputs(x)[::-1], True, weights_id(net.params)))
     except UserError as e:
       missing.append(str(e))
   else:
@@ -64,7 +84,7 @@ def networks(config: ml_collections.ConfigDict, devs: parallel.Devices,
     model = inception.InceptionV3()
     batch = -(-INCEPTION_BATCH // len(devs.local)) * len(devs.local)
     found.append(Network('inception', lambda x: features_lib.extract(
-        lambda v, b: model.apply(v, b), variables, x, batch, devs), False))
+        lambda v, b: model.apply(v, b), variables, x, batch, devs), False, weights_id(variables)))
   except UserError as e:
     missing.append(str(e))
   return found, missing
@@ -81,19 +101,32 @@ def unpadded(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _reference_path(net: Network, d: ml_collections.ConfigDict, split: str,
                     cache_dir: str | None) -> tuple[str, str]:
-  """Where the reference statistics of (data source, split, network) are cached, and that key in words."""
-  source = (f'npz {os.path.abspath(d.npz_path)} holdout {d.npz_holdout}' if d.npz_path else
+  """Where the reference statistics of (data source, split, network) are cached, and their full key in words.
+
+  The path depends on the source, split and network name only, so statistics gone stale (other
+  weights, a rewritten npz file: the rest of the key) are overwritten rather than piling up.
+  """
+  npz = os.path.abspath(d.npz_path) if d.npz_path else ''
+  source = (f'npz {npz} holdout {d.npz_holdout}' if npz else
             f'image folder {os.path.abspath(d.image_folder)}' if d.image_folder else f'{d.name}')
   if d.get('binarize', 0.0) > 0:
     source += f' binarized at {d.binarize}'
-  key = f'{source} | split {split} | {net.name}'
-  digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+  where = f'{source} | split {split} | {net.name}'
+  digest = hashlib.sha1(where.encode()).hexdigest()[:16]
+  key = f'{where} | weights {net.weights_id}'
+  if npz and os.path.isfile(npz):
+    stat = os.stat(npz)
+    key += f' | npz {stat.st_size} bytes, mtime_ns {stat.st_mtime_ns}'
   return os.path.join(cache.root(cache_dir), 'reference_stats', net.name, digest + '.npz'), key
 
 
 def reference(net: Network, d: ml_collections.ConfigDict, split: str,
               cache_dir: str | None = None) -> dict[str, np.ndarray]:
-  """{'mu', 'sigma', 'features'} of the real images of `split` of data config `d`, cached."""
+  """{'mu', 'sigma', 'features'} of the real images of `split` of data config `d` under `net`, cached.
+
+  The key (the network's weights; an npz file's size and time) is taken before the images are read: a file
+  rewritten in between leaves statistics stored under its old size and time, which the next call misses.
+  """
   path, key = _reference_path(net, d, split, cache_dir)
   if os.path.isfile(path):
     with np.load(path) as f:
