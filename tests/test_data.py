@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import pathlib
 import tarfile
 
 import numpy as np
@@ -216,6 +217,44 @@ def test_image_folder_source(tmp_path):
     images.load(cfg, 'test')
   with pytest.raises(UserError, match="no 'validation' folder"):
     images.load(cfg, 'validation')
+
+
+def _write_folder(root: pathlib.Path, images_NHWC: np.ndarray, labels_N: np.ndarray) -> None:
+  """<root>/train/<label>/<i>.png for each image (2-D arrays for grayscale files), losslessly."""
+  for i, (image, label) in enumerate(zip(images_NHWC, labels_N)):
+    (root / 'train' / str(label)).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(root / 'train' / str(label) / f'{i}.png')
+
+
+def _by_pixels(images_NHWC: np.ndarray, labels_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The images and their labels in the order of their pixel bytes: folder order aside, the same data."""
+  order = sorted(range(len(images_NHWC)), key=lambda i: images_NHWC[i].tobytes())
+  return images_NHWC[order], np.asarray(labels_N)[order]
+
+
+def test_image_folder_decodes_files_to_data_channels(tmp_path):
+  rng = np.random.default_rng(0)
+  gray, rgb = rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8), rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+  labels = np.arange(6) % 2
+  _write_folder(tmp_path / 'gray', gray, labels)
+  _write_folder(tmp_path / 'rgb', rgb, labels)
+  cfg = ddpm_digits.get_config().data
+  cfg.image_size, cfg.channels, cfg.image_folder = 8, 1, str(tmp_path / 'gray')
+  x, y = _by_pixels(*images.load(cfg, 'train'))
+  want_x, want_y = _by_pixels(gray, labels)
+  assert x.shape == (6, 8, 8, 1)
+  np.testing.assert_array_equal(x, want_x)
+  np.testing.assert_array_equal(y, want_y)
+  cfg.channels = 3
+  np.testing.assert_array_equal(_by_pixels(*images.load(cfg, 'train'))[0], np.repeat(want_x, 3, axis=-1))
+  cfg.image_folder = str(tmp_path / 'rgb')
+  x, y = _by_pixels(*images.load(cfg, 'train'))
+  want_x, want_y = _by_pixels(rgb, labels)
+  np.testing.assert_array_equal(x, want_x)
+  np.testing.assert_array_equal(y, want_y)
+  cfg.channels = 2
+  with pytest.raises(UserError, match=r'data.channels=2: .*set data.channels to one of those'):
+    images.load(cfg, 'train')
 
 
 def test_undecodable_images_in_a_folder_are_skipped_counted_and_named(tmp_path, caplog):

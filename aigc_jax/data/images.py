@@ -2,7 +2,8 @@
 
 Sources, first match wins: an `.npz` file (`data.npz_path`, keys `images` and optionally
 `labels`; its last `data.npz_holdout` examples are the 'test' split, the rest 'train'), a
-`tfds.ImageFolder` tree (`data.image_folder`, laid out as <split>/<class>/<image>),
+`tfds.ImageFolder` tree (`data.image_folder`, laid out as <split>/<class>/<image>, each file
+decoded to `data.channels` channels: 1, 3 or 4),
 scikit-learn's 8x8 digits (`data.name='digits'`), or a TFDS data set (`data.name`, e.g.
 'cifar10', 'mnist'). `data.pad` > 0 adds that many pixels of value 0 on every side (MNIST's
 28x28 digits on their black background become 32x32 with 2). `data.binarize` > 0 maps pixels
@@ -29,6 +30,8 @@ from aigc_jax.errors import UserError
 
 # The last DIGITS_TEST of scikit-learn's 1,797 digits form the 'test' split, the rest 'train'.
 DIGITS_TEST = 200
+# The channel counts image files decode to (tf.io.decode_image): gray, RGB, RGBA.
+IMAGE_FILE_CHANNELS = (1, 3, 4)
 
 
 # Images uint8 [N, H, W, C] and their int32 class labels [N] (None where the source has none).
@@ -86,15 +89,22 @@ def _stack(ds: Any) -> Labeled:
   return x, np.concatenate([b['label'] for b in parts]).astype(np.int32) if has_label else None
 
 
-def _image_folder(root: str, split: str, process_index: int, process_count: int) -> Labeled:
-  """This process's shard of the images of <root>/<split>/<class>/*; undecodable ones are skipped and logged."""
+def _image_folder(root: str, split: str, channels: int, process_index: int, process_count: int) -> Labeled:
+  """This process's shard of the images of <root>/<split>/<class>/*; undecodable ones are skipped and logged.
+
+  Each file is decoded to `channels` channels, converted if it has others (color to gray, gray to
+  equal colors): tfds.ImageFolder's default of 3 would leave grayscale folders unusable with channels=1.
+  """
+  if channels not in IMAGE_FILE_CHANNELS:
+    raise UserError(f'data.channels={channels}: image files decode to 1 (gray), 3 (RGB) or 4 (RGBA) channels; '
+                    'set data.channels to one of those')
   if not os.path.isdir(os.path.join(root, split)):
     raise UserError(f'data.image_folder={root!r} has no {split!r} folder: expected '
                     f'{root}/{split}/<class>/<image files>')
   tf_cpu.tensorflow()
   import tensorflow as tf
   import tensorflow_datasets as tfds
-  builder = tfds.ImageFolder(root)
+  builder = tfds.ImageFolder(root, shape=(None, None, channels))
   lo, hi = shards.bounds(builder.info.splits[split].num_examples, process_index, process_count)
   # tfds.ImageFolder has no sub-splits: skip to the shard with the images still encoded, then decode it
   image = builder.info.features['image']
@@ -180,7 +190,7 @@ def load(cfg: ml_collections.ConfigDict, split: str, process_index: int = 0, pro
     images, labels = _shard(_npz(cfg.npz_path, cfg.npz_holdout, split), process_index, process_count)
     source = f'data.npz_path={cfg.npz_path!r}'
   elif cfg.image_folder:
-    images, labels = _image_folder(cfg.image_folder, split, process_index, process_count)
+    images, labels = _image_folder(cfg.image_folder, split, cfg.channels, process_index, process_count)
     source = f'data.image_folder={cfg.image_folder!r}'
   elif cfg.name == 'digits':
     images, labels = _shard(_digits(split), process_index, process_count)
