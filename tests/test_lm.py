@@ -122,6 +122,11 @@ def test_text_windows_are_deterministic_and_cover_the_eval_split():
   assert len(ev) == 3  # 9 windows of 10 targets
   starts = np.concatenate([ev.window_starts(i) for i in range(len(ev))])
   np.testing.assert_array_equal(starts, np.arange(0, 90, 10))
+  ev = data.pipeline.TextBatches(tokens, 4, 10, seed=0, process_index=0, process_count=1, local_devices=2,
+                                 shuffle=False, info={})
+  assert len(ev) == 3 and [ev.share(i) for i in range(3)] == [1.0, 1.0, 0.25]  # the 9th window pads the last
+  np.testing.assert_array_equal(ev.batch(2)['weight'], [[1, 0], [0, 0]])
+  np.testing.assert_array_equal(ev.batch(2)['tokens'][0, 0], np.arange(80, 91))
 
 
 def test_text_file_splits_and_errors(config, tmp_path):
@@ -338,6 +343,24 @@ def test_training_writes_text_samples_and_metrics(trained):
   assert {'loss', 'perplexity', 'bits_per_char', 'lr', 'grad_norm'} <= set(rows[-1])
   with open(os.path.join(workdir, 'samples', 'step_4.txt'), encoding='utf-8') as f:
     assert f.read().count('-' * 40 + '\n') == 3
+
+
+def test_eval_scores_every_window_of_the_split_once(trained):
+  """15 validation windows in batches of 8 on 4 devices: the padded last batch counts for its 7 windows."""
+  workdir, copy, _ = trained
+  config = tiny_lm_config(copy)
+  config.eval.num_batches = 0
+  result = loop.evaluate(config, workdir)
+  ckpts = loop.checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
+  method, state = loop.init_method(config, ckpts.data_info())
+  state = jax.device_get(ckpts.restore(state))
+  ckpts.close()
+  tokens = method.tokenizer.encode(text.load(config.data, 'validation')[0])
+  windows = np.stack([tokens[i * BLOCK:(i + 1) * BLOCK + 1] for i in range((len(tokens) - 1) // BLOCK)])
+  logits = method.model.apply({'params': state.ema_params}, windows[:, :-1])
+  want = -np.take_along_axis(jax.nn.log_softmax(logits), windows[:, 1:, None], axis=-1).mean()
+  assert result['num_examples'] == len(windows) == 15
+  np.testing.assert_allclose(result['eval/loss'], want, rtol=1e-5)
 
 
 def test_eval_mode_reports_loss_perplexity_and_bits(trained):

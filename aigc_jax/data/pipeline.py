@@ -32,6 +32,11 @@ class _ProcessBatches:
     """This process's rows [B/P, ...] as [local_devices, B/(P*L), ...]."""
     return x.reshape((self.local_devices, -1) + x.shape[1:])
 
+  def share(self, step: int) -> float:
+    """The share of the batch of `step` that is data rather than padding (1: a full batch)."""
+    del step
+    return 1.0
+
 
 class ImageBatches(_ProcessBatches):
   """Batches of images scaled to [-1, 1], this process's share shaped [devices, per_device, H, W, C].
@@ -92,8 +97,12 @@ class TextBatches(_ProcessBatches):
   `tokens` are this process's shard of the split (all of it with one process).
 
   Training draws window starts uniformly at random (as nanoGPT does); evaluation walks the
-  split in consecutive windows whose targets do not overlap, so every token is scored once.
-  `info` is what a method must know of the data (the tokenizer), saved with checkpoints.
+  split in consecutive windows whose targets do not overlap, so every token is scored once:
+  its last batch is filled up with windows of weight 0 ('weight', float32 [L, B/L]; 1 for the
+  others), which a method's eval step leaves out of its mean. The tokens after the last whole
+  window (fewer than block_size) are not scored. Process shards are equally long, so every
+  process has as many batches. `info` is what a method must know of the data (the tokenizer),
+  saved with checkpoints.
   """
 
   def __init__(self, tokens: np.ndarray, global_batch: int, block_size: int, *, seed: int,
@@ -107,8 +116,14 @@ class TextBatches(_ProcessBatches):
     self.num_windows = (len(tokens) - 1) // block_size
 
   def __len__(self) -> int:
-    """Full batches of non-overlapping windows in the tokens."""
-    return self.num_windows // self.batch_size
+    """Batches of non-overlapping windows that score every window once, the last one padded."""
+    return -(-self.num_windows // self.batch_size)
+
+  def share(self, step: int) -> float:
+    """The share of real windows in the evaluation batch of `step` (below 1 only for the last one)."""
+    if self.shuffle:
+      return 1.0
+    return float(np.clip(self.num_windows - step * self.batch_size, 0, self.batch_size)) / self.batch_size
 
   def window_starts(self, step: int) -> np.ndarray:
     """Offsets into `tokens` of the windows of this process's rows of the batch of `step`."""
@@ -119,7 +134,10 @@ class TextBatches(_ProcessBatches):
     return (pos % self.num_windows) * self.block_size
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of the global batch of `step`: {'tokens': int32 [L, B/L, T+1]}."""
+    """This process's part of the global batch of `step`: {'tokens': int32 [L, B/L, T+1]} (+ 'weight' to evaluate)."""
     starts = self.window_starts(step)
     x = self.tokens[starts[:, None] + np.arange(self.block_size + 1)]
-    return {'tokens': self.per_device(x.astype(np.int32))}
+    if self.shuffle:
+      return {'tokens': self.per_device(x.astype(np.int32))}
+    real = np.arange(step * self.batch_size, (step + 1) * self.batch_size) < self.num_windows
+    return {'tokens': self.per_device(x.astype(np.int32)), 'weight': self.per_device(real.astype(np.float32))}

@@ -170,16 +170,16 @@ class LM:
     params = self.model.init({'params': rng}, tok_BT)['params']
     return state_lib.create(params, self.tx, jax.random.fold_in(rng, 1))
 
-  def _loss(self, params: Any, tokens_BT1: jax.Array, train: bool, rng: jax.Array | None = None) -> jax.Array:
-    """Mean cross-entropy of each window's tokens 1..T given the ones before them."""
+  def _losses(self, params: Any, tokens_BT1: jax.Array, train: bool, rng: jax.Array | None = None) -> jax.Array:
+    """Cross-entropy [B, T] of each window's tokens 1..T given the ones before them."""
     rngs = {'dropout': rng} if train else {}
     logits_BTV = self.model.apply({'params': params}, tokens_BT1[:, :-1], train=train, rngs=rngs)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT1[:, 1:]).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT1[:, 1:])
 
   def train_step(self, state: state_lib.TrainState, batch: dict[str, Any],
                  rng: jax.Array) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(self.axis_name))
-    loss, grads = jax.value_and_grad(self._loss)(state.params, batch['tokens'], True, rng)
+    loss, grads = jax.value_and_grad(lambda p: self._losses(p, batch['tokens'], True, rng).mean())(state.params)
     grads = jax.lax.pmean(grads, self.axis_name)
     new_state = state_lib.apply_gradients(state, grads, self.tx, self.ema_rate)
     loss = jax.lax.pmean(loss, self.axis_name)
@@ -189,9 +189,16 @@ class LM:
 
   def eval_step(self, state: state_lib.TrainState, batch: dict[str, Any],
                 rng: jax.Array) -> dict[str, jax.Array]:
-    """Loss and bits per token of the EMA parameters (no dropout); `eval_summary` adds perplexity."""
+    """Loss and bits per token of the EMA parameters (no dropout); `eval_summary` adds perplexity.
+
+    The mean is over the batch's windows of weight 1 on all devices: those of weight 0 pad the
+    last batch of the split (`TextBatches`).
+    """
     del rng  # evaluation is deterministic
-    loss = jax.lax.pmean(self._loss(state.ema_params, batch['tokens'], False), self.axis_name)
+    losses_BT = self._losses(state.ema_params, batch['tokens'], False)
+    weight_B = batch.get('weight', jnp.ones(losses_BT.shape[:1], jnp.float32))
+    total = jax.lax.psum(jnp.sum(weight_B * losses_BT.mean(axis=1)), self.axis_name)
+    loss = total / jnp.maximum(jax.lax.psum(jnp.sum(weight_B), self.axis_name), 1.0)
     return {'loss': loss, self.bits_name: loss / math.log(2.0)}
 
   def eval_summary(self, means: dict[str, float]) -> dict[str, float]:

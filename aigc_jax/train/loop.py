@@ -311,17 +311,21 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
 
 def _held_out_metrics(config: ml_collections.ConfigDict, method: methods.Method, state: Any,
                       p_eval: Callable, ds: Any) -> dict[str, float]:
-  """The method's eval_step metrics (p_eval, mapped) averaged over `eval.num_batches` batches (0: all) of `ds`."""
+  """The method's eval_step metrics (p_eval, mapped) over `eval.num_batches` batches (0: all) of `ds`.
+
+  Each batch counts by its share of real examples (`ds.share`: a padded last batch, less).
+  """
   e = config.eval
   num_batches = min(len(ds), e.num_batches) if e.num_batches > 0 else len(ds)
   if num_batches == 0:
     raise UserError(f'eval.batch_size={e.batch_size} is larger than the {config.data.eval_split!r} split')
   rng = jax.random.PRNGKey(config.seed + 3)
+  shares = [ds.share(i) for i in range(num_batches)]
   totals: dict[str, float] = {}
   for i in range(num_batches):
     for k, v in p_eval(state, ds.batch(i), jax.random.fold_in(rng, i)).items():
-      totals[k] = totals.get(k, 0.0) + float(v) / num_batches
-  return {'num_examples': num_batches * e.batch_size, **method.eval_summary(totals)}
+      totals[k] = totals.get(k, 0.0) + float(v) * shares[i] / sum(shares)
+  return {'num_examples': round(sum(shares) * e.batch_size), **method.eval_summary(totals)}
 
 
 def _quality_sampler(config: ml_collections.ConfigDict, method: methods.Method, devs: parallel.Devices,
