@@ -6,6 +6,7 @@ samples from process 0 only, and leave checkpoints that one process restores and
 --mode=sample and --mode=eval over two processes must give what that one process gives.
 """
 
+import glob
 import json
 import os
 import re
@@ -177,6 +178,20 @@ def test_checkpoint_written_by_two_processes_restores_in_one(two_process_run, tm
   assert int(state.step) == 6
   _assert_close(state.params, reference.params)
   _assert_close(state.ema_params, reference.ema_params)
+
+
+def test_two_processes_resume_past_a_damaged_newest_checkpoint(two_process_run, tmp_path):
+  """Both fall back to step 2; process 0 sets step 4 aside once both have read; both then write it anew."""
+  workdir = str(tmp_path / 'damaged')
+  shutil.copytree(two_process_run[0], workdir)
+  ckpts = os.path.join(workdir, 'checkpoints')
+  largest = max(glob.glob(os.path.join(ckpts, '4', 'default', 'd', '*')), key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+  outputs = _run_two_processes(workdir, str(tmp_path), '--config.training.num_train_steps=6',
+                               '--config.training.sample_every=0')
+  assert 'resuming from step 2 of 6' in outputs[0] and 'done: step 6' in outputs[0]
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints.unreadable', '4', 'default'))
+  assert sorted(int(f) for f in os.listdir(ckpts) if f.isdigit()) == [2, 4, 6]
 
 
 def _reference_eval(config, workdir):

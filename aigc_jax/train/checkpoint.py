@@ -147,6 +147,10 @@ class Checkpoints:
       shutil.move(os.path.join(self.directory, str(s)), target)
       logging.warning('moved the unreadable checkpoint of step %s to %s; training resumes from step %s', s,
                       target, step)
+    self.reload()
+
+  def reload(self) -> None:
+    """Reads the folder's steps anew: another process has moved some (`set_aside_after`)."""
     self.manager.reload()
 
   def close(self) -> None:

@@ -170,8 +170,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   state = parallel.replicate(state if restored is None else restored, devs)
   step = int(state.step)
   last_ckpt = step if restored is not None else None
-  if restored is not None and devs.process_index == 0:
-    ckpts.set_aside_after(step)  # unreadable newer steps that the restore passed over
+  if restored is not None and ckpts.steps()[-1] > step:  # unreadable newer steps that the restore passed over
+    parallel.barrier('restored', devs)  # no process is still reading when process 0 moves them
+    if devs.process_index == 0:
+      ckpts.set_aside_after(step)
+    parallel.barrier('set aside', devs)
+    ckpts.reload()  # every process then writes those steps anew
   writer = None
   if devs.process_index == 0:
     writers.write_json(os.path.join(workdir, 'config.json'), config.to_dict())

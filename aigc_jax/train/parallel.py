@@ -264,6 +264,12 @@ def sampler(sample_fn: Callable, devs: Devices, num: int) -> Callable:
   return run
 
 
+def barrier(name: str, devs: Devices) -> None:
+  """Waits until every process has reached the barrier `name` (nothing to wait for with one process)."""
+  if devs.process_count > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def any_process(flag: bool, devs: Devices) -> bool:
   """Whether `flag` holds in any process: a collective, so every process must call it at the same step."""
   if devs.process_count == 1:
