@@ -87,6 +87,16 @@ def test_scanned_steps_report_the_first_bad_step_and_average_the_good_ones(tiny_
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_a_short_call_reports_every_step_it_ran(tiny_config):
+  """The last call of 5 steps at 3 per call runs 2 single steps: a NaN in its first is counted and named."""
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  step = parallel.train_step(method.train_step, parallel.devices(), 3, donate=False, skip_nonfinite=True)
+  poisoned, clean = _batches(tiny_config, 2, poisoned=[0])
+  _, metrics = step(jax.jit(method.init)(jax.random.PRNGKey(0)), [poisoned, clean])
+  assert int(metrics[nonfinite.COUNT]) == 1 and int(metrics[nonfinite.FIRST]) == 1
+  assert np.isfinite(float(metrics['loss']))  # the mean of the good step
+
+
 def test_gan_steps_go_through_the_same_guard():
   """A GAN's two networks, two optimizers and BatchNorm statistics are all kept on a skipped step."""
   config = tiny_dcgan_config()
