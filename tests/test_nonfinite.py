@@ -87,6 +87,17 @@ def test_scanned_steps_report_the_first_bad_step_and_average_the_good_ones(tiny_
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_a_nan_loss_after_a_good_step_in_one_scanned_call_is_named(tiny_config):
+  """Without skipping, the stop message names the loss of the flagged step, not only the step."""
+  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  step = parallel.train_step(method.train_step, parallel.devices(), 2, donate=False)
+  _, metrics = step(jax.jit(method.init)(jax.random.PRNGKey(0)), _batches(tiny_config, 2, poisoned=[1]))
+  watch = nonfinite.Watch(skip=False)
+  watch.add(metrics)
+  with pytest.raises(UserError, match=r'non-finite .*loss=nan at step 2: training stopped'):
+    watch.read(last_checkpoint=None)
+
+
 def test_a_short_call_reports_every_step_it_ran(tiny_config):
   """The last call of 5 steps at 3 per call runs 2 single steps: a NaN in its first is counted and named."""
   method = ddpm.DDPM(tiny_config, parallel.AXIS)

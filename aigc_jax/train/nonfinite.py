@@ -50,11 +50,12 @@ def guard(step_fn: Callable, skip: bool, axis_name: str) -> Callable:
   return guarded
 
 
-def reduce_over_steps(metrics_K: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """The metrics of k scanned steps ([k] each) as one call's: means over the steps that were finite.
+def reduce_over_steps(metrics_K: dict[str, jax.Array], skip: bool) -> dict[str, jax.Array]:
+  """The metrics of k steps ([k] each) as one call's: with `skip`, means over the steps that were finite.
 
-  `COUNT` is summed and `FIRST` is the first flagged step; a metric whose every step was
-  flagged keeps its plain (non-finite) mean.
+  `COUNT` is summed and `FIRST` is the first flagged step. Skipping, a metric whose every step
+  was flagged keeps its plain (non-finite) mean. Without skipping, every metric is its plain
+  mean: a flagged step stops the run, and a non-finite mean names its metric in the error.
   """
   bad_K = metrics_K[COUNT] > 0
   good = jnp.sum(~bad_K)
@@ -63,7 +64,7 @@ def reduce_over_steps(metrics_K: dict[str, jax.Array]) -> dict[str, jax.Array]:
   for k, m_K in metrics_K.items():
     if k not in out:
       kept = jnp.sum(jnp.where(bad_K, 0.0, m_K)) / jnp.maximum(good, 1)
-      out[k] = jnp.where(good > 0, kept, jnp.mean(m_K))
+      out[k] = jnp.where(good > 0, kept, jnp.mean(m_K)) if skip else jnp.mean(m_K)
   return out
 
 

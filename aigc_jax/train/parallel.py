@@ -219,7 +219,7 @@ def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
 
   def multi_step(state, batches):
     state, metrics = jax.lax.scan(one_step, state, batches, unroll=unroll)
-    return state, nonfinite.reduce_over_steps(metrics)
+    return state, nonfinite.reduce_over_steps(metrics, skip_nonfinite)
 
   single = _pmapped_step(one_step, devs, donate)
   multi = _pmapped_step(multi_step, devs, donate) if steps_per_call > 1 else None
@@ -235,7 +235,7 @@ def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
       state, metrics = single(state, batch)
       per_step.append(metrics)
     if len(per_step) > 1:  # one call's metrics, as a scanned call reduces them
-      metrics = nonfinite.reduce_over_steps(jax.tree.map(lambda *m: jnp.stack(m), *per_step))
+      metrics = nonfinite.reduce_over_steps(jax.tree.map(lambda *m: jnp.stack(m), *per_step), skip_nonfinite)
     return _global(state, devs), metrics
   return run
 
