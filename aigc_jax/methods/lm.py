@@ -34,6 +34,8 @@ def next_token(logits_BV: jax.Array, rng: jax.Array, temperature: float, top_k: 
   """int32 [B] tokens drawn from softmax(logits / temperature), restricted to the top k and top p.
 
   temperature 0 takes the most likely token; top_k 0 and top_p 1 leave those filters off.
+  Tokens whose logit ties a cutoff are all kept: top_k may keep more than k tokens (as Hugging
+  Face's top-k does) and top_p more mass than needed (Hugging Face's top-p keeps a prefix of its sort).
   """
   if temperature == 0:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
