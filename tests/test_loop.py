@@ -255,3 +255,7 @@ def test_a_workdir_that_stops_taking_writes_is_one_clear_error(tmp_path):
   with pytest.raises(UserError, match=r'cannot write TensorBoard events \(File exists: .*tensorboard\): free disk '
                                       r'space or make the workdir writable'):
     writers.MetricsWriter(str(tmp_path), resume_step=0)
+  (tmp_path / 'samples').write_text('')  # the samples folder cannot be made
+  with pytest.raises(UserError, match=r'cannot write samples \(File exists: .*samples\): free disk '
+                                      r'space or make the workdir writable'):
+    writers.write_samples(str(tmp_path), 3, {'images': np.zeros((1, 8, 8, 1), np.uint8)})

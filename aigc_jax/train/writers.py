@@ -208,12 +208,12 @@ def text_document(texts: Sequence[str], scores: Mapping[str, Sequence[float]] | 
   return ''.join(f'{t}\n{note}{TEXT_SEPARATOR}\n' for t, note in zip(texts, notes))
 
 
-@_disk_errors_are_user_errors('samples')
 def samples_written(workdir: str, step: int) -> bool:
   """Whether samples/ holds the samples of `step` (step_<N>.npz or .txt)."""
   return any(os.path.exists(os.path.join(workdir, 'samples', f'step_{step}{ext}')) for ext in ('.npz', '.txt'))
 
 
+@_disk_errors_are_user_errors('samples')
 def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite: bool = True) -> list[str]:
   """Writes a method's decoded samples into samples/; returns the paths.
 
