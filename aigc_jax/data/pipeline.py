@@ -119,11 +119,13 @@ class TextBatches(_ProcessBatches):
     """Batches of non-overlapping windows that score every window once, the last one padded."""
     return -(-self.num_windows // self.batch_size)
 
+  def _real_windows(self, step: int) -> int:
+    """Windows of the split in the evaluation batch of `step`; the rest of it pads the last batch."""
+    return int(np.clip(self.num_windows - step * self.batch_size, 0, self.batch_size))
+
   def share(self, step: int) -> float:
     """The share of real windows in the evaluation batch of `step` (below 1 only for the last one)."""
-    if self.shuffle:
-      return 1.0
-    return float(np.clip(self.num_windows - step * self.batch_size, 0, self.batch_size)) / self.batch_size
+    return 1.0 if self.shuffle else self._real_windows(step) / self.batch_size
 
   def window_starts(self, step: int) -> np.ndarray:
     """Offsets into `tokens` of the windows of this process's rows of the batch of `step`."""
@@ -139,5 +141,5 @@ class TextBatches(_ProcessBatches):
     x = self.tokens[starts[:, None] + np.arange(self.block_size + 1)]
     if self.shuffle:
       return {'tokens': self.per_device(x.astype(np.int32))}
-    real = np.arange(step * self.batch_size, (step + 1) * self.batch_size) < self.num_windows
+    real = np.arange(self.batch_size) < self._real_windows(step)
     return {'tokens': self.per_device(x.astype(np.int32)), 'weight': self.per_device(real.astype(np.float32))}

@@ -218,14 +218,18 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       _say(f'samples: {", ".join(_write_samples(workdir, step, method.decode_samples(samples)))}')
     last_time += time.time() - sample_start  # steps/s and ETA count training time only
 
+  def eval_due(s: int) -> bool:
+    return eval_ds is not None and (s % t.eval_every == 0 or s == t.num_train_steps)
+
+  def sample_due(s: int) -> bool:
+    return bool(p_sample) and s % t.sample_every == 0
+
   # A run stopped (or killed) after the checkpoint of an eval or sample step but before its eval or
   # samples would never make them: make them first. Process 0 reads the workdir; all agree.
   if restored is not None:
-    due = step == t.num_train_steps
-    if eval_ds is not None and (due or step % t.eval_every == 0) and parallel.any_process(
-        writer is not None and not writer.has_row(step, 'eval/'), devs):
+    if eval_due(step) and parallel.any_process(writer is not None and not writer.has_row(step, 'eval/'), devs):
       evaluate()
-    if p_sample and step % t.sample_every == 0 and parallel.any_process(
+    if sample_due(step) and parallel.any_process(
         devs.process_index == 0 and not writers.samples_written(workdir, step), devs):
       draw_samples()
   notice = preemption.Notice()
@@ -274,9 +278,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         _say(f'{notice.received or "a signal to another process"}: stopped at step {step}, its checkpoint '
              'written; rerun the same command to resume from it')
         break
-      if eval_ds is not None and (step % t.eval_every == 0 or done):
+      if eval_due(step):
         evaluate()
-      if p_sample and step % t.sample_every == 0:
+      if sample_due(step):
         draw_samples()
   finally:
     notice.uninstall()
@@ -328,8 +332,9 @@ def _held_out_metrics(config: ml_collections.ConfigDict, method: methods.Method,
   totals: dict[str, float] = {}
   for i in range(num_batches):
     for k, v in p_eval(state, ds.batch(i), jax.random.fold_in(rng, i)).items():
-      totals[k] = totals.get(k, 0.0) + float(v) * shares[i] / sum(shares)
-  return {'num_examples': round(sum(shares) * e.batch_size), **method.eval_summary(totals)}
+      totals[k] = totals.get(k, 0.0) + float(v) * shares[i]
+  means = {k: v / sum(shares) for k, v in totals.items()}
+  return {'num_examples': round(sum(shares) * e.batch_size), **method.eval_summary(means)}
 
 
 def _quality_sampler(config: ml_collections.ConfigDict, method: methods.Method, devs: parallel.Devices,
