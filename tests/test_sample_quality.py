@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from aigc_jax import cache
 from aigc_jax.data import images
@@ -101,22 +102,35 @@ def test_a_retrained_feature_network_of_the_same_name_does_not_reuse_the_old_ref
   np.testing.assert_array_equal(sample_quality.reference(again, config.data, 'train', stats_dir)['mu'], new_ref['mu'])
 
 
-def test_a_rewritten_npz_file_does_not_reuse_the_old_reference(tmp_path):
-  """The same npz path with other images (and a newer time) gets statistics of those images."""
+def _write_source(config, kind: str, root, x_NHW: np.ndarray, version: int) -> None:
+  """`x_NHW` as an npz file (train = all but 2) or a folder of PNGs (train/0/<i>.png), all dated `version` s."""
+  stamp = version * 10**9
+  if kind == 'npz':
+    config.npz_path, config.npz_holdout = str(root / 'data.npz'), 2
+    np.savez(root / 'data.npz', images=x_NHW)
+    os.utime(root / 'data.npz', ns=(stamp, stamp))
+    return
+  config.image_folder, config.image_size, config.channels = str(root / 'folder'), 8, 1
+  (root / 'folder' / 'train' / '0').mkdir(parents=True, exist_ok=True)
+  for i, image in enumerate(x_NHW[:-2]):
+    Image.fromarray(image).save(root / 'folder' / 'train' / '0' / f'{i}.png')
+    os.utime(root / 'folder' / 'train' / '0' / f'{i}.png', ns=(stamp, stamp))
+
+
+@pytest.mark.parametrize('kind', ['npz', 'image_folder'])
+def test_rewritten_real_images_do_not_reuse_the_old_reference(tmp_path, kind):
+  """The same npz path or image folder holding other images (of the same sizes, newer) gets their statistics."""
   net = sample_quality.Network('pixels', lambda x: (x.reshape(len(x), -1) / 255.0, np.zeros((len(x), 2))), False,
                                'fixed')
-  path = tmp_path / 'data.npz'
   config = _ddpm_digits().data
-  config.npz_path, config.npz_holdout = str(path), 2
   rng = np.random.default_rng(0)
   refs, means = [], []
   for version in range(2):
     x = rng.integers(0, 256, (12, 8, 8), dtype=np.uint8)
-    np.savez(path, images=x)
-    os.utime(path, ns=(version * 10**9, version * 10**9))  # same size: only the time tells the files apart
+    _write_source(config, kind, tmp_path, x, version)
     refs.append(sample_quality.reference(net, config, 'train', str(tmp_path / 'cache')))
     means.append(x[:-2].reshape(10, -1).mean(0) / 255.0)
-  np.testing.assert_allclose(refs[1]['mu'], means[1])
+  np.testing.assert_allclose(refs[1]['mu'], means[1], rtol=1e-6)
   assert not np.allclose(refs[1]['mu'], refs[0]['mu'])
 
 

@@ -99,12 +99,25 @@ def unpadded(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return d
 
 
+def _folder_fingerprint(folder: str) -> str:
+  """The count, total size and newest modification time of the files under `folder`, in words.
+
+  Cheap next to decoding the images (one stat per file), and changed by any file added, removed or rewritten.
+  """
+  count = size = newest = 0
+  for parent, _, names in os.walk(folder):
+    for name in names:
+      stat = os.stat(os.path.join(parent, name))
+      count, size, newest = count + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
+  return f'folder {count} files, {size} bytes, newest mtime_ns {newest}'
+
+
 def _reference_path(net: Network, d: ml_collections.ConfigDict, split: str,
                     cache_dir: str | None) -> tuple[str, str]:
   """Where the reference statistics of (data source, split, network) are cached, and their full key in words.
 
   The path depends on the source, split and network name only, so statistics gone stale (other
-  weights, a rewritten npz file: the rest of the key) are overwritten rather than piling up.
+  weights, a rewritten npz file or image folder: the rest of the key) are overwritten rather than piling up.
   """
   npz = os.path.abspath(d.npz_path) if d.npz_path else ''
   source = (f'npz {npz} holdout {d.npz_holdout}' if npz else
@@ -117,6 +130,8 @@ def _reference_path(net: Network, d: ml_collections.ConfigDict, split: str,
   if npz and os.path.isfile(npz):
     stat = os.stat(npz)
     key += f' | npz {stat.st_size} bytes, mtime_ns {stat.st_mtime_ns}'
+  elif not npz and d.image_folder:
+    key += ' | ' + _folder_fingerprint(os.path.join(d.image_folder, split))
   return os.path.join(cache.root(cache_dir), 'reference_stats', net.name, digest + '.npz'), key
 
 
@@ -124,8 +139,9 @@ def reference(net: Network, d: ml_collections.ConfigDict, split: str,
               cache_dir: str | None = None) -> dict[str, np.ndarray]:
   """{'mu', 'sigma', 'features'} of the real images of `split` of data config `d` under `net`, cached.
 
-  The key (the network's weights; an npz file's size and time) is taken before the images are read: a file
-  rewritten in between leaves statistics stored under its old size and time, which the next call misses.
+  The key (the network's weights; an npz file's or image folder's sizes and times) is taken before the images
+  are read: files rewritten in between leave statistics stored under their old sizes and times, which the
+  next call misses.
   """
   path, key = _reference_path(net, d, split, cache_dir)
   if os.path.isfile(path):
