@@ -189,14 +189,22 @@ def test_epoch_visits_every_example_once_and_epochs_differ():
   assert list(first) != list(second)
 
 
-def test_flip_only_in_training():
-  x = np.random.default_rng(0).integers(0, 255, (16, 4, 4, 3), dtype=np.uint8)
-  kw = dict(seed=0, process_index=0, process_count=1, local_devices=1, shuffle=False)
-  plain = ImageBatches(x, 16, **kw).batch(0)['image'][0]
-  flipped = ImageBatches(x, 16, random_flip=True, **kw).batch(0)['image'][0]
-  same = [np.array_equal(a, b) for a, b in zip(plain, flipped)]
-  mirrored = [np.array_equal(a[:, ::-1], b) for a, b in zip(plain, flipped)]
-  assert all(s or m for s, m in zip(same, mirrored)) and 0 < sum(mirrored) < 16
+def test_flip_only_in_training(tmp_path):
+  """data.random_flip mirrors about half the training images left-right, and no held-out image."""
+  x_NHWC = np.random.default_rng(0).integers(0, 255, (32, 4, 4, 3), dtype=np.uint8)
+  np.savez(tmp_path / 'x.npz', images=x_NHWC)
+  cfg = ddpm_cifar.get_config().data
+  cfg.npz_path, cfg.npz_holdout, cfg.image_size, cfg.random_flip = str(tmp_path / 'x.npz'), 16, 4, True
+
+  def pixels(batch):
+    return np.round((batch['image'][0] + 1) * 127.5).astype(np.uint8)  # [-1, 1] back to 0..255
+
+  held_out = pixels(_create(cfg, 'test', batch=16, devices=1, train=False).batch(0))
+  np.testing.assert_array_equal(held_out, x_NHWC[16:])
+  trained = pixels(_create(cfg, batch=16, devices=1).batch(0))
+  originals = {a.tobytes() for a in x_NHWC[:16]}
+  mirrored = [a[:, ::-1].tobytes() in originals and a.tobytes() not in originals for a in trained]
+  assert all(m or a.tobytes() in originals for m, a in zip(mirrored, trained)) and 0 < sum(mirrored) < 16
 
 
 def test_image_folder_source(tmp_path):

@@ -5,6 +5,7 @@ import collections
 import dataclasses
 import hashlib
 import io
+import os
 import pickle
 import zipfile
 
@@ -136,9 +137,8 @@ def _to_torch_layout(path, a):
   return a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T
 
 
-@pytest.fixture(scope='module')
-def state_dict():
-  """A random state dict in pytorch-fid's layout, scaled so activations stay O(1) through the network."""
+def random_state_dict() -> dict[str, np.ndarray]:
+  """A seeded random state dict in pytorch-fid's layout, scaled so activations stay O(1) through the network."""
   rng = np.random.default_rng(0)
   sd = {}
   for path, shape in inception.variable_shapes().items():
@@ -150,6 +150,11 @@ def state_dict():
       a = rng.normal(0, 0.1, shape)
     sd[inception.torch_key(path)] = np.ascontiguousarray(_to_torch_layout(path, a.astype(np.float32)))
   return sd
+
+
+@pytest.fixture(scope='module')
+def state_dict():
+  return random_state_dict()
 
 
 @pytest.fixture(scope='module')
@@ -443,41 +448,82 @@ def test_extract_over_4_devices_equals_a_direct_apply():
     features.extract(apply_fn, params, images, batch_size=6, devs=devs)
 
 
-# ---------------------------------------------------------------- against PyTorch, where it is installed
+# ---------------------------------------------------------------- against pytorch-fid
 
-def test_matches_pytorch_fid_and_torch_save(tmp_path, monkeypatch, state_dict):
+PYTORCH_FID_REFERENCE = os.path.join(os.path.dirname(__file__), 'data', 'pytorch_fid_reference.npz')
+REFERENCE_SIZES = (64, 320)  # images up- and downsampled to 299
+
+
+def _reference_images(size: int) -> np.ndarray:
+  return np.random.default_rng(size).integers(0, 256, (2, size, size, 3), np.uint8)
+
+
+def pytorch_fid_reference(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """What tests/data/pytorch_fid_reference.npz holds: pytorch-fid's FID Inception with `state_dict`'s weights.
+
+  Its BatchNorm statistics are first replaced by those of one seeded random batch (momentum 1), so
+  that the outputs depend on the input ('bn/<key>': the new statistics); then the pool3 features and
+  logits ('pool_<size>', 'logits_<size>') of `_reference_images(size)`. Needs torch and pytorch-fid.
+  """
+  import unittest.mock
+  import torch
+  from pytorch_fid import inception as pytorch_fid
+
+  def fid_net(sd):
+    with unittest.mock.patch.object(pytorch_fid, 'load_state_dict_from_url',
+                                    lambda *args, **kwargs: {k: torch.from_numpy(v) for k, v in sd.items()}):
+      return pytorch_fid.fid_inception_v3()
+  calibrated = fid_net(state_dict)
+  for m in calibrated.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.momentum = 1.0
+  torch.manual_seed(0)
+  with torch.no_grad():
+    calibrated.train()(torch.rand(8, 3, 299, 299) * 2 - 1)
+  ref = {f'bn/{k}': v.numpy() for k, v in calibrated.state_dict().items()
+         if k.endswith(('running_mean', 'running_var'))}
+  with unittest.mock.patch.object(pytorch_fid, 'fid_inception_v3', lambda: calibrated):
+    net = pytorch_fid.InceptionV3([3], use_fid_inception=True).eval()  # resizes to 299, scales to [-1, 1] itself
+  for size in REFERENCE_SIZES:
+    with torch.no_grad():
+      pool_t = net(torch.from_numpy(_reference_images(size)).permute(0, 3, 1, 2).float() / 255)[0].flatten(1)
+      ref[f'pool_{size}'], ref[f'logits_{size}'] = pool_t.numpy(), calibrated.fc(pool_t).numpy()
+  return ref
+
+
+def test_matches_pytorch_fid_on_up_and_downsampled_images(state_dict):
+  """Pool3 features and logits equal pytorch-fid's (stored: no torch needed) to 1e-4 of their scale."""
+  with np.load(PYTORCH_FID_REFERENCE) as f:
+    ref = dict(f)
+  variables = inception.params_from_torch_state_dict(
+      {**state_dict, **{k.removeprefix('bn/'): v for k, v in ref.items() if k.startswith('bn/')}})
+  apply = jax.jit(inception.InceptionV3(logits_bias=True).apply)
+  for size in REFERENCE_SIZES:
+    pool, logits = apply(variables, _reference_images(size))
+    pool_ref, logits_ref = ref[f'pool_{size}'], ref[f'logits_{size}']
+    assert np.abs(pool_ref[0] - pool_ref[1]).max() > 100 * np.abs(pool - pool_ref).max()  # the inputs matter
+    np.testing.assert_allclose(pool, pool_ref, atol=1e-4 * np.abs(pool_ref).max())
+    np.testing.assert_allclose(logits, logits_ref, atol=1e-4 * np.abs(logits_ref).max())
+
+
+def test_the_stored_reference_is_what_pytorch_fid_gives_and_torch_save_files_read_back(tmp_path, state_dict):
+  """Where torch and pytorch-fid are installed: the reference file is current, and both torch.save formats load."""
   torch = pytest.importorskip('torch')
-  pytorch_fid = pytest.importorskip('pytorch_fid.inception')
+  pytest.importorskip('pytorch_fid.inception')
   for legacy in (True, False):
     path = tmp_path / f'{legacy}.pth'
     torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path,
                _use_new_zipfile_serialization=not legacy)
     for k, v in torch_checkpoint.load_state_dict(str(path)).items():
       np.testing.assert_array_equal(v, state_dict[k])
+  fresh = pytorch_fid_reference(state_dict)
+  with np.load(PYTORCH_FID_REFERENCE) as f:
+    assert sorted(f.files) == sorted(fresh)
+    for k, v in fresh.items():
+      np.testing.assert_allclose(f[k], v, atol=1e-5 * np.abs(v).max(), err_msg=k)
 
-  def fid_net(sd):
-    monkeypatch.setattr(pytorch_fid, 'load_state_dict_from_url',
-                        lambda *args, **kwargs: {k: torch.from_numpy(v) for k, v in sd.items()})
-    return pytorch_fid.fid_inception_v3()
-  # Running statistics of one batch (BatchNorm momentum 1), so that the outputs depend on the input.
-  calibrated = fid_net(state_dict)
-  for m in calibrated.modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      m.momentum = 1.0
-  with torch.no_grad():
-    calibrated.train()(torch.rand(8, 3, 299, 299) * 2 - 1)
-  sd = {k: v.numpy() for k, v in calibrated.state_dict().items()}
-  fid_net(sd)
-  net = pytorch_fid.InceptionV3([3]).eval()  # resizes to 299 and scales to [-1, 1] itself
-  fc = calibrated.fc
-  apply = jax.jit(inception.InceptionV3(logits_bias=True).apply)
-  variables = inception.params_from_torch_state_dict(sd)
-  for size in (64, 320):  # up- and downsampled
-    images = np.random.default_rng(size).integers(0, 256, (2, size, size, 3), np.uint8)
-    with torch.no_grad():
-      pool_t = net(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)[0].flatten(1)
-      pool_ref, logits_ref = pool_t.numpy(), fc(pool_t).numpy()
-    pool, logits = apply(variables, images)
-    assert np.abs(pool_ref[0] - pool_ref[1]).max() > 100 * np.abs(pool - pool_ref).max()
-    np.testing.assert_allclose(pool, pool_ref, atol=1e-4 * np.abs(pool_ref).max())
-    np.testing.assert_allclose(logits, logits_ref, atol=1e-4 * np.abs(logits_ref).max())
+
+if __name__ == '__main__':
+  # Rewrites the stored reference: python -m tests.test_evaluation (with torch and pytorch-fid installed).
+  os.makedirs(os.path.dirname(PYTORCH_FID_REFERENCE), exist_ok=True)
+  np.savez_compressed(PYTORCH_FID_REFERENCE, **pytorch_fid_reference(random_state_dict()))
