@@ -52,6 +52,24 @@ def _real_digits(config, n: int) -> np.ndarray:
   return images.load(config.data, 'train')[0][:n].astype(np.float32) / 127.5 - 1.0
 
 
+def _noise(rng, B: int, latents: int) -> jax.Array:
+  """z [B, Z] as GAN.noise draws a global batch of B: row j from the key fold_in(rng, j)."""
+  return jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(rng, j), (latents,)))(jnp.arange(B))
+
+
+def _plain_dcgan(config):
+  """The config's DCGAN generator and discriminator with no device axis: BatchNorm over the batch they are given."""
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  return gan_models.DCGANGenerator(shape, config.model.width), gan_models.DCGANDiscriminator(config.model.width)
+
+
+def _apply(net, params, stats, x, train: bool) -> jax.Array:
+  """net's output with the batch's own statistics (train) or the running ones in `stats`."""
+  if train:
+    return net.apply({'params': params, **stats}, x, train=True, mutable=list(stats))[0]
+  return net.apply({'params': params, **stats}, x, train=False)
+
+
 def test_losses_equal_their_formulas():
   real = np.array([-20.0, -2.0, 0.0, 1.5, 20.0])
   fake = np.array([20.0, 0.5, 0.0, -3.0, -20.0])
@@ -134,15 +152,35 @@ def test_generator_step_lowers_its_loss_and_leaves_the_discriminator_alone(kind)
 
 
 def test_the_d_and_g_steps_use_the_batch_statistics_and_update_the_running_ones():
+  """D's outputs in both half-steps are those of D normalized by each batch itself (G's fakes too), not
+  by the running statistics; and both networks' running means move."""
   config = tiny_dcgan_config()
   method = gan.GAN(config, parallel.AXIS)
-  init = jax.jit(method.init)(jax.random.PRNGKey(0))
+  init = jax.device_get(jax.jit(method.init)(jax.random.PRNGKey(0)))
   assert set(init.model_state['generator']) == set(init.model_state['discriminator']) == {'batch_stats'}
-  state, _ = _half_step(method, method.train_step, init, _real_digits(config, 8), 1)
+  x_real_BHWC = _real_digits(config, 8)
+  state, metrics = _half_step(method, method.train_step, init, x_real_BHWC, 1)
   for net in ('generator', 'discriminator'):
     means = [s['mean'] for s in jax.tree.leaves(state.model_state[net]['batch_stats'],
                                                 is_leaf=lambda t: isinstance(t, dict) and 'mean' in t)]
     assert means and all(np.abs(m).max() > 0 for m in means), net  # moved away from their zero start
+
+  g_net, d_net = _plain_dcgan(config)
+  p, s = init.params, init.model_state
+  rng_d, rng_g = jax.random.split(jax.random.fold_in(init.rng, 0))  # step 0's keys of the D and G halves
+
+  def fakes(rng):  # G(z) of the initial G, in training mode
+    return _apply(g_net, p['generator'], s['generator'], _noise(rng, 8, config.model.latents), train=True)
+  # the D step judges with the initial D; the G step with D as the D step left it (the G step does not change it)
+  d_after = (state.params['discriminator'], state.model_state['discriminator'])
+  cases = {'d_real': (p['discriminator'], s['discriminator'], x_real_BHWC),
+           'd_fake': (p['discriminator'], s['discriminator'], fakes(rng_d)),
+           'd_fake_g_step': (*d_after, fakes(rng_g))}
+  for name, (params_d, stats_d, x_BHWC) in cases.items():
+    batch_stats, running = (float(jnp.mean(jax.nn.sigmoid(_apply(d_net, params_d, stats_d, x_BHWC, train))))
+                            for train in (True, False))
+    np.testing.assert_allclose(metrics[0][name], batch_stats, rtol=0, atol=1e-6, err_msg=name)
+    assert abs(metrics[0][name] - running) > 1e-4, (name, batch_stats, running)  # the modes are told apart
 
 
 @pytest.mark.parametrize('kind', CONFIGS)
@@ -248,11 +286,26 @@ def test_loop_writes_gan_metrics_and_samples(trained):
 
 
 def test_eval_reports_discriminator_metrics_on_held_out_digits(trained):
-  workdir, _ = trained
+  """The metrics are D's, with the running statistics, on the first 16 test digits (real) and on as many
+  samples of the EMA generator (fake), batch i's noise from fold_in(PRNGKey(seed + 3), i)."""
+  workdir, state = trained
   config = tiny_dcgan_config()
   config.eval.num_batches = 2
   result = loop.evaluate(config, workdir)
   assert result['num_examples'] == 16
-  assert 0 < result['eval/d_real'] < 1 and 0 < result['eval/d_fake'] < 1
-  assert 0 <= result['eval/d_accuracy'] <= 1
-  assert np.isfinite(result['eval/d_loss']) and np.isfinite(result['eval/g_loss'])
+  state = jax.device_get(state)
+  assert config.gan.loss == 'non_saturating'
+  g_net, d_net = _plain_dcgan(config)
+  x_real_NHWC = images.load(config.data, config.data.eval_split)[0][:16].astype(np.float32) / 127.5 - 1.0
+  rng = jax.random.PRNGKey(config.seed + 3)
+  z_NZ = jnp.concatenate([_noise(jax.random.fold_in(rng, i), 8, config.model.latents) for i in range(2)])
+  x_fake_NHWC = _apply(g_net, state.ema_params, state.model_state['generator'], z_NZ, train=False)
+  real_N, fake_N = (np.asarray(_apply(d_net, state.params['discriminator'], state.model_state['discriminator'],
+                                      x, train=False), np.float64) for x in (x_real_NHWC, x_fake_NHWC))
+  want = {'d_real': np.mean(1 / (1 + np.exp(-real_N))), 'd_fake': np.mean(1 / (1 + np.exp(-fake_N))),
+          'd_accuracy': 0.5 * (np.mean(real_N > 0) + np.mean(fake_N < 0)),
+          'd_loss': np.mean(np.logaddexp(0, -real_N)) + np.mean(np.logaddexp(0, fake_N)),
+          'g_loss': np.mean(np.logaddexp(0, -fake_N))}  # the non-saturating losses
+  for name, value in want.items():
+    np.testing.assert_allclose(result[f'eval/{name}'], value, rtol=1e-5, atol=1e-6, err_msg=name)
+  assert abs(want['d_real'] - want['d_fake']) > 1e-4  # real and fake are told apart

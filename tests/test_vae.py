@@ -18,6 +18,7 @@ from aigc_jax.train import loop
 from aigc_jax.train import parallel
 from configs import vae_cifar
 from configs import vae_mnist
+from tests.conftest import restore_newest
 from tests.conftest import shrink_training
 
 
@@ -197,6 +198,8 @@ def trained(tmp_path_factory):
 
 
 def test_loop_writes_samples_reconstructions_and_interpolations(trained):
+  """The step-4 samples hold the held-out originals, the EMA params' decodes (pixel probabilities as bytes) of
+  their posterior means, and of evenly spaced points between the means of pairs (0, 1) and (2, 3)."""
   with np.load(os.path.join(trained, 'samples', 'step_4.npz')) as z:
     assert z['images'].shape == (6, 8, 8, 1) and z['images'].dtype == np.uint8
     recon, interp = z['reconstructions'], z['interpolations']
@@ -206,6 +209,18 @@ def test_loop_writes_samples_reconstructions_and_interpolations(trained):
   assert interp.shape == (2, 5, 8, 8, 1)  # pairs (0, 1) and (2, 3): original, 3 decodes, original
   np.testing.assert_array_equal(interp[:, 0], held_out[[0, 2]])
   np.testing.assert_array_equal(interp[:, -1], held_out[[1, 3]])
+  method, state = restore_newest(tiny_vae_config(), trained)  # the step-4 checkpoint the samples were drawn from
+  params = {'params': state.ema_params}
+
+  def decode_uint8(z_NZ):  # the Bernoulli mean 2 sigmoid(logits) - 1 in [-1, 1], as bytes
+    x_NHWC = 2.0 * jax.nn.sigmoid(method.model.apply(params, z_NZ, method=method.model.decode)) - 1.0
+    return np.asarray(jnp.clip(jnp.round((x_NHWC + 1.0) * 127.5), 0, 255).astype(jnp.uint8))
+  mean_EZ, _ = method.model.apply(params, held_out.astype(np.float32) / 127.5 - 1.0, method=method.model.encode)
+  np.testing.assert_array_equal(recon[1], decode_uint8(mean_EZ))
+  t_T1 = jnp.linspace(0.0, 1.0, 3)[:, None]  # sample.interp_steps = 3 points, the pair's two means at the ends
+  for p, (a, b) in enumerate([(0, 1), (2, 3)]):
+    z_TZ = (1.0 - t_T1) * mean_EZ[a] + t_T1 * mean_EZ[b]
+    np.testing.assert_array_equal(interp[p, 1:-1], decode_uint8(z_TZ), err_msg=f'pair {p}')
   grid = np.asarray(Image.open(os.path.join(trained, 'samples', 'step_4_reconstructions.png')))
   assert grid.shape[0] < grid.shape[1] and grid.shape[0] >= 2 * 64  # 2 rows of 5 cells of >= 64 px
   assert os.path.exists(os.path.join(trained, 'samples', 'step_4_interpolations.png'))
