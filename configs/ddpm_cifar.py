@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.method = 'ancestral'  # or 'ddim'
   config.sample.steps = 100           # DDIM steps
   config.sample.eta = 0.0             # DDIM: 0 deterministic, 1 ancestral-like
+  config.sample.ddim_eps = 'auto'     # DDIM's noise beside the clipped x_0: 'model' (its prediction), 'clipped'
+                                      # (the noise the clipped x_0 implies, as GLIDE), 'auto': 'clipped' if w > 1
   config.sample.guidance_scale = 0.0  # class-conditional: w in (1 + w) eps(x, c) - w eps(x, null)
   config.sample.labels = ()           # class-conditional: the classes to draw; () = all, evenly
 

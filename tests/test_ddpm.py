@@ -225,11 +225,9 @@ def test_samplers_give_uint8_images_on_4_devices(tiny_config, method_name):
 @pytest.mark.parametrize('method_name', ['ancestral', 'ddim'])
 @pytest.mark.parametrize('eta', [0.0, 1.0])
 def test_clipping_x0_acts_as_a_model_that_predicts_the_clipped_x0(tiny_config, method_name, eta):
-  """A noise prediction whose x_0 leaves [-1, 1] (as strong guidance gives) must be sampled as
-  the prediction of the clipped x_0; a DDIM step that kept the raw noise beside the clipped
-  x_0 would leave the forward process's path and saturate the images."""
-  tiny_config.sample.method = method_name
-  tiny_config.sample.eta = eta
+  """A noise prediction whose x_0 leaves [-1, 1] (as strong guidance gives) is sampled as the prediction
+  of the clipped x_0: always by the ancestral sampler, by DDIM with sample.ddim_eps='clipped'."""
+  tiny_config.sample.update(method=method_name, eta=eta, ddim_eps='clipped')
   method = ddpm.DDPM(tiny_config, parallel.AXIS)
   s = method.schedule
 
@@ -246,6 +244,36 @@ def test_clipping_x0_acts_as_a_model_that_predicts_the_clipped_x0(tiny_config, m
   clipped = jax.jit(lambda k: method.denoise(clipped_eps, k, 6))(rng)
   np.testing.assert_allclose(wild, clipped, atol=1e-4)
   assert np.abs(np.asarray(wild)).max() <= 1.0
+
+
+def test_ddim_steps_with_the_models_noise_unless_told_to_take_the_one_the_clipped_x0_implies(tiny_config):
+  """Two DDIM steps (eta 0) by hand: x <- sqrt(abar') x_0 + sqrt(1 - abar') eps, x_0 = clip(x_0(eps_fn)), eps the
+  model's ('model'; 'auto' without guidance) or (x - sqrt(abar) x_0) / sqrt(1 - abar) ('clipped'; 'auto', w > 1)."""
+  tiny_config.sample.update(method='ddim', steps=2, eta=0.0)
+
+  def wild_eps(x, t_B):
+    return 4.0 * jnp.sin(3.0 * x) + 0.5
+
+  rng = jax.random.PRNGKey(3)
+  for mode, clipped in (('model', False), ('clipped', True), ('auto', False)):
+    tiny_config.sample.ddim_eps = mode
+    method = ddpm.DDPM(tiny_config, parallel.AXIS)
+    s = method.schedule
+    x = jax.random.normal(rng, (2,) + method.image_shape)
+    ts = ddpm.ddim_timesteps(tiny_config.diffusion.num_timesteps, 2)
+    for t, t_prev in zip(ts, list(ts[1:]) + [None]):
+      abar, abar_prev = s.alphas_cumprod[t], (1.0 if t_prev is None else s.alphas_cumprod[t_prev])
+      eps = wild_eps(x, None)
+      x0 = jnp.clip((x - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar), -1.0, 1.0)
+      if clipped:
+        eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+      x = jnp.sqrt(abar_prev) * x0 + jnp.sqrt(1.0 - abar_prev) * eps
+    np.testing.assert_allclose(method.denoise(wild_eps, rng, 2), x, atol=1e-5, err_msg=mode)
+  tiny_config.sample.update(ddim_eps='auto', guidance_scale=3.0)
+  assert ddpm._ddim_clipped_eps(tiny_config.sample)
+  tiny_config.sample.update(ddim_eps='wild', guidance_scale=0.0)
+  with pytest.raises(UserError, match="sample.ddim_eps='wild' is unknown"):
+    ddpm.DDPM.check_config(tiny_config)
 
 
 @pytest.mark.parametrize('method_name, eta', [('ancestral', 0.0), ('ddim', 0.0), ('ddim', 1.0)])
