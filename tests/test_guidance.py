@@ -13,6 +13,7 @@ from aigc_jax.data import images
 from aigc_jax.errors import UserError
 from aigc_jax.methods import ddpm
 from aigc_jax.methods import guidance
+from aigc_jax.methods import pixels
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
 from aigc_jax.train import writers
@@ -92,7 +93,7 @@ def test_guided_sampler_at_w0_equals_the_conditional_sampler(sampler):
     labels = jnp.arange(10, dtype=jnp.int32)
     return method.denoise(lambda x, t: method.model.apply({'params': params}, x, t, train=False, label_B=labels),
                           key, 10)
-  reference = ddpm.to_uint8(jax.jit(conditional)(state.ema_params, jax.random.split(rng, 1)[0]))
+  reference = pixels.to_uint8(jax.jit(conditional)(state.ema_params, jax.random.split(rng, 1)[0]))
   np.testing.assert_array_equal(guided['images'], reference)
 
   config.sample.guidance_scale = 3.0  # the unconditional half then moves the samples

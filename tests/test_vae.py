@@ -13,6 +13,7 @@ from PIL import Image
 
 from aigc_jax.data import images
 from aigc_jax.errors import UserError
+from aigc_jax.methods import pixels
 from aigc_jax.methods import vae
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
@@ -213,8 +214,8 @@ def test_loop_writes_samples_reconstructions_and_interpolations(trained):
   params = {'params': state.ema_params}
 
   def decode_uint8(z_NZ):  # the Bernoulli mean 2 sigmoid(logits) - 1 in [-1, 1], as bytes
-    x_NHWC = 2.0 * jax.nn.sigmoid(method.model.apply(params, z_NZ, method=method.model.decode)) - 1.0
-    return np.asarray(jnp.clip(jnp.round((x_NHWC + 1.0) * 127.5), 0, 255).astype(jnp.uint8))
+    return np.asarray(pixels.to_uint8(2.0 * jax.nn.sigmoid(method.model.apply(params, z_NZ,
+                                                                              method=method.model.decode)) - 1.0))
   mean_EZ, _ = method.model.apply(params, held_out.astype(np.float32) / 127.5 - 1.0, method=method.model.encode)
   np.testing.assert_array_equal(recon[1], decode_uint8(mean_EZ))
   t_T1 = jnp.linspace(0.0, 1.0, 3)[:, None]  # sample.interp_steps = 3 points, the pair's two means at the ends

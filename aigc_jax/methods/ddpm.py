@@ -20,6 +20,7 @@ from aigc_jax.errors import UserError
 from aigc_jax.methods import guidance
 from aigc_jax.methods import precision
 from aigc_jax.methods import randomness
+from aigc_jax.methods.pixels import to_uint8
 from aigc_jax.models.unet import UNet
 from aigc_jax.train import optim
 from aigc_jax.train import state as state_lib
@@ -114,11 +115,6 @@ def discretized_gaussian_log_likelihood(x: jax.Array, mean: jax.Array, log_scale
   log_one_minus_cdf_minus = jnp.log(jnp.maximum(1.0 - cdf_minus, 1e-12))
   log_delta = jnp.log(jnp.maximum(cdf_plus - cdf_minus, 1e-12))
   return jnp.where(x < -0.999, log_cdf_plus, jnp.where(x > 0.999, log_one_minus_cdf_minus, log_delta))
-
-
-def to_uint8(x: jax.Array) -> jax.Array:
-  """[-1, 1] floats to 0..255 bytes."""
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 class DDPM:

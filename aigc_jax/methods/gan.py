@@ -30,6 +30,7 @@ import optax
 
 from aigc_jax.errors import UserError
 from aigc_jax.methods import randomness
+from aigc_jax.methods.pixels import to_uint8
 from aigc_jax.models import gan as gan_models
 from aigc_jax.train import optim
 from aigc_jax.train import state as state_lib
@@ -53,11 +54,6 @@ def generator_loss(fake_logits_B: jax.Array, kind: str) -> jax.Array:
   if kind == 'minimax':
     return -jnp.mean(jax.nn.softplus(fake_logits_B))
   return -jnp.mean(fake_logits_B)
-
-
-def to_uint8(x: jax.Array) -> jax.Array:
-  """[-1, 1] floats to 0..255 bytes."""
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def build_models(config: ml_collections.ConfigDict, axis_name: str | None) -> tuple[nn.Module, nn.Module]:

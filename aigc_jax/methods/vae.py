@@ -21,6 +21,7 @@ import optax
 
 from aigc_jax.errors import UserError
 from aigc_jax.methods import randomness
+from aigc_jax.methods.pixels import to_uint8
 from aigc_jax.models import vae as vae_models
 from aigc_jax.train import optim
 from aigc_jax.train import state as state_lib
@@ -65,11 +66,6 @@ def discretized_logistic_log_prob(x: jax.Array, mean: jax.Array, log_scale: jax.
   log_sf_b = jax.nn.log_sigmoid(-b)        # the top bin, x = 1: log P(X > x - 1/255)
   log_bin = log_cdf_a + log_sf_b + jnp.log(-jnp.expm1(b - a))
   return jnp.where(x < -0.999, log_cdf_a, jnp.where(x > 0.999, log_sf_b, log_bin))
-
-
-def to_uint8(x: jax.Array) -> jax.Array:
-  """[-1, 1] floats to 0..255 bytes."""
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def build_model(config: ml_collections.ConfigDict) -> vae_models.VAE:
