@@ -1,7 +1,8 @@
 """nanoGPT's shakespeare_char CPU setting: 4 layers, 4 heads, width 128, context 64, batch 12, 2000 steps.
 
-No dropout; the learning rate decays over all 2000 steps. nanoGPT ends at a validation loss
-of about 1.89 with it, in 38-53 ms per step on a 2-core CPU.
+No dropout; the learning rate decays over all 2000 steps. nanoGPT reports a validation loss of 1.88
+(1.8857 from 240 random windows of one run; that model scores 1.898 over the whole split, ours 1.904-1.918
+over six seeds), in 38-53 ms per step on a 2-core CPU.
 """
 
 import ml_collections

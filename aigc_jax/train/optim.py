@@ -22,7 +22,7 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int)
   return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def _decayed(params: Any) -> Any:
+def decay_mask(params: Any) -> Any:
   """Weight decay applies to matrices and embeddings only, not to biases and norm scales (as in GPT-2)."""
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
@@ -35,7 +35,7 @@ def create(cfg: ml_collections.ConfigDict,
     opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   elif cfg.optimizer == 'adamw':
     opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                      mask=_decayed)
+                      mask=decay_mask)
   else:
     raise UserError(f"optim.optimizer={cfg.optimizer!r} is unknown: use 'adam' or 'adamw'")
   if cfg.grad_clip > 0:
