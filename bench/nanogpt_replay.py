@@ -7,7 +7,8 @@ module construction; re-initialisation; the first batch; 20 train and 20 val bat
 next batch drawn after the forward pass), fp32 with exact GELU, and prints its eval lines, which match the
 published log of nanoGPT itself (step 2000: train loss 1.7648, val loss 1.8857). It then scores the step-2000
 model over the whole validation split (every non-overlapping window) and saves the initial weights, the
-2000 training batches, the learning rates and the step-2000 eval batches.
+2000 training batches, the learning rates and the step-2000 eval batches. `--seed` runs nanoGPT with
+another seed, to see the spread of both figures.
 
 `jax` trains our LM train step (the program `run.py` trains with) from those weights on those batches, with
 nanoGPT's learning rates (`--schedule=nanogpt`) or the config's own (`ours`), prints the estimate on
@@ -31,7 +32,7 @@ import time
 import numpy as np
 
 TRAIN_FRACTION = 0.9  # nanoGPT's prepare.py: the first 90% of the characters train, the rest validate
-SEED, STEPS, EVAL_EVERY, EVAL_BATCHES = 1337, 2000, 250, 20
+STEPS, EVAL_EVERY, EVAL_BATCHES = 2000, 250, 20
 LAYERS, HEADS, WIDTH, BLOCK, BATCH = 4, 4, 128, 64, 12
 LR, MIN_LR, WARMUP, BETAS, WEIGHT_DECAY, CLIP = 1e-3, 1e-4, 100, (0.9, 0.99), 0.1, 1.0
 
@@ -60,8 +61,8 @@ def _val_windows(val: np.ndarray) -> np.ndarray:
   return val[np.arange(count)[:, None] * BLOCK + np.arange(BLOCK + 1)]
 
 
-def run_torch(text_path: str, out: str) -> None:
-  """nanoGPT's run, draw for draw; saves what the jax half replays."""
+def run_torch(text_path: str, out: str, seed: int) -> None:
+  """nanoGPT's run with `seed`, draw for draw; saves what the jax half replays."""
   import torch
   import torch.nn as nn
   import torch.nn.functional as F
@@ -133,7 +134,7 @@ def run_torch(text_path: str, out: str) -> None:
         x_BTD = block(x_BTD)
       return self.lm_head(self.transformer.ln_f(x_BTD))
 
-  torch.manual_seed(SEED)
+  torch.manual_seed(seed)
   model = GPT()
   init = {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
   params = list(model.parameters())
@@ -256,6 +257,7 @@ def main() -> None:
   t = sub.add_parser('torch', help="nanoGPT's run, in an environment with torch")
   t.add_argument('--text', required=True, help='Tiny Shakespeare (input.txt)')
   t.add_argument('--out', required=True, help='the .npz to write')
+  t.add_argument('--seed', type=int, default=1337, help="nanoGPT's seed (1337) or another, to see its spread")
   j = sub.add_parser('jax', help='our train step on the same draws, in the aigc_jax environment')
   j.add_argument('--replay', required=True, help="the torch half's .npz")
   j.add_argument('--text', default='../shared/data/tinyshakespeare.txt', help='the text the torch half read')
@@ -264,7 +266,7 @@ def main() -> None:
                  help="nanoGPT's learning rates, or the config's warmup and cosine decay")
   args = parser.parse_args()
   if args.half == 'torch':
-    run_torch(args.text, args.out)
+    run_torch(args.text, args.out, args.seed)
   else:
     run_jax(args.replay, args.text, args.workdir, args.schedule)
 
