@@ -10,10 +10,10 @@ model over the whole validation split (every non-overlapping window) and saves t
 2000 training batches, the learning rates and the step-2000 eval batches. `--seed` runs nanoGPT with
 another seed, to see the spread of both figures.
 
-`jax` trains our LM train step (the program `run.py` trains with) from those weights on those batches, with
-nanoGPT's learning rates (`--schedule=nanogpt`) or the config's own (`ours`), prints the estimate on
-nanoGPT's step-2000 eval batches and saves the state as a checkpoint, which `run.py --mode=eval` scores over
-the whole validation split. So the two codes are compared on the same draws, without seed noise:
+`jax` trains our LM train step and optimizer (the program `run.py` trains with; its learning rates are
+nanoGPT's) from those weights on those batches, prints the estimate on nanoGPT's step-2000 eval batches and
+saves the state as a checkpoint, which `run.py --mode=eval` scores over the whole validation split. So the
+two codes are compared on the same draws, without seed noise:
 
   python bench/nanogpt_replay.py torch --text=../shared/data/tinyshakespeare.txt --out=/tmp/nanogpt.npz  # torch
   python bench/nanogpt_replay.py jax --replay=/tmp/nanogpt.npz --workdir=/tmp/replay    # the aigc_jax environment
@@ -202,15 +202,13 @@ def _our_params(z: np.lib.npyio.NpzFile) -> dict:
   return params
 
 
-def run_jax(replay: str, text_path: str, workdir: str, schedule: str) -> None:
+def run_jax(replay: str, text_path: str, workdir: str) -> None:
   """Our train step from nanoGPT's initial weights on its batches; the state saved as a checkpoint."""
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: configs/
   import jax
-  import jax.numpy as jnp
-  import optax
   from configs import gpt_shakespeare_cpu
   from aigc_jax import data
-  from aigc_jax.train import checkpoint, loop, optim, parallel, state as state_lib
+  from aigc_jax.train import checkpoint, loop, parallel, state as state_lib
 
   z = np.load(replay)
   config = gpt_shakespeare_cpu.get_config()
@@ -225,11 +223,9 @@ def run_jax(replay: str, text_path: str, workdir: str, schedule: str) -> None:
   params = jax.tree.map(np.asarray, _our_params(z))
   if jax.tree.structure(params) != jax.tree.structure(fresh.params):
     sys.exit('error: the Transformer\'s parameter tree changed: update _our_params')
-  if schedule == 'nanogpt':
-    lrs = jnp.asarray(z['lrs'], jnp.float32)
-    o = config.optim
-    method.tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), optax.adamw(
-        lambda s: lrs[s], b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=optim.decay_mask))
+  ours = np.array([float(method.lr_schedule(s)) for s in range(STEPS)])
+  if not np.allclose(ours, z['lrs'], rtol=1e-5, atol=0):
+    sys.exit("error: the config's learning rates are not nanoGPT's: the replay would compare two schedules")
   state = parallel.replicate(state_lib.create(params, method.tx, fresh.rng), devs)
   step = parallel.train_step(method.train_step, devs)
   start = time.time()
@@ -240,8 +236,7 @@ def run_jax(replay: str, text_path: str, workdir: str, schedule: str) -> None:
   evaluate = parallel.eval_step(method.eval_step, devs)
   est = {s: np.mean([float(evaluate(state, {'tokens': b[None].astype(np.int32)}, fresh.rng)['loss'])
                      for b in z[f'eval_{s}']]) for s in ('train', 'val')}
-  rates = "nanoGPT's" if schedule == 'nanogpt' else "the config's"
-  print(f"step {STEPS} ({rates} learning rates), on nanoGPT's step-{STEPS} eval batches: "
+  print(f"step {STEPS}, on nanoGPT's step-{STEPS} eval batches: "
         f"train loss {est['train']:.4f}, val loss {est['val']:.4f}")
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=1)
   ckpts.save(STEPS, state, ds.info)
@@ -262,13 +257,11 @@ def main() -> None:
   j.add_argument('--replay', required=True, help="the torch half's .npz")
   j.add_argument('--text', default='../shared/data/tinyshakespeare.txt', help='the text the torch half read')
   j.add_argument('--workdir', required=True, help='where the checkpoint goes')
-  j.add_argument('--schedule', choices=('nanogpt', 'ours'), default='nanogpt',
-                 help="nanoGPT's learning rates, or the config's warmup and cosine decay")
   args = parser.parse_args()
   if args.half == 'torch':
     run_torch(args.text, args.out, args.seed)
   else:
-    run_jax(args.replay, args.text, args.workdir, args.schedule)
+    run_jax(args.replay, args.text, args.workdir)
 
 
 if __name__ == '__main__':

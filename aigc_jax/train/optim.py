@@ -10,8 +10,14 @@ from aigc_jax.errors import UserError
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
-  """Linear warmup to `cfg.lr`, then constant or cosine decay to `cfg.min_lr`."""
-  warmup = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+  """Linear warmup to `cfg.lr`, then constant or cosine decay to `cfg.min_lr` at `num_train_steps`.
+
+  Step s < warmup_steps takes lr * (s + 1) / (warmup_steps + 1), as nanoGPT: no step is wasted at rate 0.
+  """
+  lr, steps = cfg.lr, cfg.warmup_steps
+  if steps < 0:
+    raise UserError(f'optim.warmup_steps={steps} must be >= 0 (0: no warmup)')
+  warmup = lambda s: lr * (s + 1) / (steps + 1)
   if cfg.schedule == 'constant':
     after = optax.constant_schedule(cfg.lr)
   elif cfg.schedule == 'cosine':
@@ -22,7 +28,7 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int)
   return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def decay_mask(params: Any) -> Any:
+def _decayed(params: Any) -> Any:
   """Weight decay applies to matrices and embeddings only, not to biases and norm scales (as in GPT-2)."""
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
@@ -35,7 +41,7 @@ def create(cfg: ml_collections.ConfigDict,
     opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   elif cfg.optimizer == 'adamw':
     opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                      mask=decay_mask)
+                      mask=_decayed)
   else:
     raise UserError(f"optim.optimizer={cfg.optimizer!r} is unknown: use 'adam' or 'adamw'")
   if cfg.grad_clip > 0:
