@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.log_every = 50
   config.training.checkpoint_every = 250
   config.training.sample_every = 5000
+  config.training.eval_every = 250  # the whole validation split, as nanoGPT estimates it every 250 steps
   config.training.ema_rate = 0.0  # no averaging: ema_params are the trained params, as in nanoGPT
 
   config.sample.num = 4

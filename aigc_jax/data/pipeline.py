@@ -21,6 +21,8 @@ class _ProcessBatches:
   `global_batch` must divide evenly over processes and devices (`parallel.check_batch`).
   """
 
+  tokens_per_example: int | None = None  # tokens a training example scores, for text; progress shows tokens/s
+
   def __init__(self, global_batch: int, *, seed: int, process_index: int, process_count: int,
                local_devices: int, shuffle: bool):
     self.batch_size = global_batch // process_count  # rows this process draws per step
@@ -112,6 +114,7 @@ class TextBatches(_ProcessBatches):
                      local_devices=local_devices, shuffle=shuffle)
     self.tokens = tokens
     self.block_size = block_size
+    self.tokens_per_example = block_size
     self.info = info
     self.num_windows = (len(tokens) - 1) // block_size
 

@@ -259,6 +259,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         rate = (step - last_step) / (now - last_time)
         metrics['steps_per_sec'] = rate
         metrics['examples_per_sec'] = rate * t.batch_size
+        throughput = f'{metrics["examples_per_sec"]:.1f} examples/s'
+        if ds.tokens_per_example:
+          metrics['tokens_per_sec'] = metrics['examples_per_sec'] * ds.tokens_per_example
+          throughput += f' | {metrics["tokens_per_sec"]:.0f} tokens/s'
         skipped = ''
         if t.skip_nonfinite:
           metrics[nonfinite.SKIPPED] = watch.take_skipped()
@@ -267,7 +271,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           writer.write(step, metrics)
         first = ' (incl. compile)' if last_step == start_step else ''
         _say(f'step {step}/{t.num_train_steps} | loss {metrics["loss"]:.5f} | {rate:.2f} steps/s{first} | '
-             f'{metrics["examples_per_sec"]:.1f} examples/s | '
+             f'{throughput} | '
              f'ETA {_format_duration((t.num_train_steps - step) / rate)}{skipped}')
         last_step, last_time = step, now
       if do_ckpt:
