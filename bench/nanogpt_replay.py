@@ -207,15 +207,13 @@ def run_jax(replay: str, text_path: str, workdir: str) -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: configs/
   import jax
   from configs import gpt_shakespeare_cpu
-  from aigc_jax import data
   from aigc_jax.train import checkpoint, loop, parallel, state as state_lib
 
   z = np.load(replay)
   config = gpt_shakespeare_cpu.get_config()
   config.data.text_file = text_path
   devs = parallel.devices(jax.local_devices()[:1])
-  ds = data.create(config.data, 'train', BATCH, seed=0, process_index=0, process_count=1, local_devices=1,
-                   train=True)
+  ds = loop.train_data(config, devs)
   method, fresh = loop.init_method(config, ds.info)
   chars = [str(c) for c in z['chars']]
   if list(method.tokenizer.encode(''.join(chars))) != list(range(len(chars))):

@@ -114,9 +114,13 @@ class TextBatches(_ProcessBatches):
                      local_devices=local_devices, shuffle=shuffle)
     self.tokens = tokens
     self.block_size = block_size
-    self.tokens_per_example = block_size
     self.info = info
     self.num_windows = (len(tokens) - 1) // block_size
+
+  @property
+  def tokens_per_example(self) -> int:
+    """A window scores its block_size next tokens."""
+    return self.block_size
 
   def __len__(self) -> int:
     """Batches of non-overlapping windows that score every window once, the last one padded."""
