@@ -14,18 +14,17 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int)
 
   Step s < warmup_steps takes lr * (s + 1) / (warmup_steps + 1), as nanoGPT: no step is wasted at rate 0.
   """
-  lr, steps = cfg.lr, cfg.warmup_steps
-  if steps < 0:
-    raise UserError(f'optim.warmup_steps={steps} must be >= 0 (0: no warmup)')
-  warmup = lambda s: lr * (s + 1) / (steps + 1)
+  lr, warmup_steps = cfg.lr, cfg.warmup_steps
+  if warmup_steps < 0:
+    raise UserError(f'optim.warmup_steps={warmup_steps} must be >= 0 (0: no warmup)')
+  warmup = lambda s: lr * (s + 1) / (warmup_steps + 1)
   if cfg.schedule == 'constant':
-    after = optax.constant_schedule(cfg.lr)
+    after = optax.constant_schedule(lr)
   elif cfg.schedule == 'cosine':
-    after = optax.cosine_decay_schedule(
-        cfg.lr, max(num_train_steps - cfg.warmup_steps, 1), alpha=cfg.min_lr / cfg.lr)
+    after = optax.cosine_decay_schedule(lr, max(num_train_steps - warmup_steps, 1), alpha=cfg.min_lr / lr)
   else:
     raise UserError(f"optim.schedule={cfg.schedule!r} is unknown: use 'constant' or 'cosine'")
-  return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+  return optax.join_schedules([warmup, after], [warmup_steps])
 
 
 def _decayed(params: Any) -> Any:
