@@ -78,17 +78,18 @@ def _memory(devs: Any) -> int | None:
   return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
 
 
-def _setup(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any]:
-  """Devices, the training data, the method and a fresh state, validated as the loop does."""
+def _setup(config: ml_collections.ConfigDict) -> tuple[Any, Any, Any, Any, Any]:
+  """Devices, the training data, the method, its train step and a fresh state, validated as the loop does."""
   from aigc_jax import methods
   from aigc_jax.train import loop
   from aigc_jax.train import parallel
+  from aigc_jax.train import parts
   devs = parallel.devices()
   loop.validate(config, devs)
   methods.check_config(config)
   ds = loop.train_data(config, devs)
-  method, state = loop.init_method(config, ds.info)
-  return devs, ds, method, parallel.replicate(state, devs)
+  method, train_step, state = loop.build(config, ds.info, parts.resolve(config, parallel.AXIS))
+  return devs, ds, method, train_step, parallel.replicate(state, devs)
 
 
 def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> d
   from aigc_jax.methods import precision
   from aigc_jax.train import loop
   from aigc_jax.train import parallel
-  devs, ds, method, state = _setup(config)
+  devs, ds, _, train_step, state = _setup(config)
   k = config.training.steps_per_call
   calls, host_s = [], []
   for c in range(warmup + steps):
@@ -109,9 +110,9 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> d
     host_s.append((time.perf_counter() - start) / k)
     calls.append(batches)
   start = time.perf_counter()
-  one_step, cost = parallel.compiled_train_step(method.train_step, devs, state, calls[0][0])
+  one_step, cost = parallel.compiled_train_step(train_step, devs, state, calls[0][0])
   compile_s = time.perf_counter() - start
-  run = parallel.train_step(method.train_step, devs, k) if k > 1 else None
+  run = parallel.train_step(train_step, devs, k) if k > 1 else None
   inputs = [parallel.to_devices(batches, devs, k) for batches in calls]
   jax.block_until_ready([i.batches for i in inputs])
   call_s, startup_s = [], None
@@ -150,7 +151,7 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int) -> d
 def bench_sample(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
   """Times `sample.num` samples per call; text counts new tokens, images count images."""
   from aigc_jax.train import parallel
-  devs, _, method, state = _setup(config)
+  devs, _, method, _, state = _setup(config)
   num = config.sample.num
   draw = parallel.sampler(method.sample, devs, num)
   start = time.perf_counter()

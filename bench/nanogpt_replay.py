@@ -207,31 +207,32 @@ def run_jax(replay: str, text_path: str, workdir: str) -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: configs/
   import jax
   from configs import gpt_shakespeare_cpu
-  from aigc_jax.train import checkpoint, loop, parallel, state as state_lib
+  from aigc_jax.train import checkpoint, loop, parallel, step as step_lib
 
   z = np.load(replay)
   config = gpt_shakespeare_cpu.get_config()
   config.data.text_file = text_path
   devs = parallel.devices(jax.local_devices()[:1])
   ds = loop.train_data(config, devs)
-  method, fresh = loop.init_method(config, ds.info)
+  method, train_step, fresh = loop.build(config, ds.info, {})
   chars = [str(c) for c in z['chars']]
   if list(method.tokenizer.encode(''.join(chars))) != list(range(len(chars))):
     sys.exit(f'error: {replay} has a different vocabulary from {text_path}: give the text the torch half read')
   params = jax.tree.map(np.asarray, _our_params(z))
   if jax.tree.structure(params) != jax.tree.structure(fresh.params):
     sys.exit('error: the Transformer\'s parameter tree changed: update _our_params')
-  ours = np.array([float(method.lr_schedule(s)) for s in range(STEPS)])
+  (_, schedule), = train_step.optimizers
+  ours = np.array([float(schedule(s)) for s in range(STEPS)])
   if not np.allclose(ours, z['lrs'], rtol=1e-5, atol=0):
     sys.exit("error: the config's learning rates are not nanoGPT's: the replay would compare two schedules")
-  state = parallel.replicate(state_lib.create(params, method.tx, fresh.rng), devs)
-  step = parallel.train_step(method.train_step, devs)
+  state = parallel.replicate(fresh.replace(params=params, ema_params=params), devs)  # Adam's state starts at 0
+  step = parallel.train_step(train_step, devs)
   start = time.time()
   for s, tokens in enumerate(z['tokens']):
     state, metrics = step(state, [{'tokens': tokens[None].astype(np.int32)}])
     if (s + 1) % EVAL_EVERY == 0:
       print(f'step {s + 1}: train batch loss {float(metrics["loss"]):.4f} ({time.time() - start:.0f} s)', flush=True)
-  evaluate = parallel.eval_step(method.eval_step, devs)
+  evaluate = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs)
   est = {s: np.mean([float(evaluate(state, {'tokens': b[None].astype(np.int32)}, fresh.rng)['loss'])
                      for b in z[f'eval_{s}']]) for s in ('train', 'val')}
   print(f"step {STEPS}, on nanoGPT's step-{STEPS} eval batches: "

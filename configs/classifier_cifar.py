@@ -15,6 +15,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.method = 'classifier'
+  config.data = default.image_data(name='cifar10', image_size=32, channels=3, random_flip=True)
 
   config.model = model = ml_collections.ConfigDict()
   model.num_classes = 10
@@ -28,12 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.lr = 2e-3
   config.optim.warmup_steps = 100
   config.optim.schedule = 'cosine'
+  config.optim.grad_clip = 1.0
 
   config.training.batch_size = 128
   config.training.num_train_steps = 2000
-  config.training.log_every = 100
   config.training.checkpoint_every = 500
-  config.training.sample_every = 0
   config.training.ema_rate = 0.99
 
   config.eval.batch_size = 500

@@ -2,26 +2,34 @@
 
 import ml_collections
 
-from configs import classifier_cifar
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = classifier_cifar.get_config()
-  config.data.name = 'digits'
-  config.data.image_size = 8
-  config.data.channels = 1
-  config.data.random_flip = False
+  config = default.get_config()
+  config.method = 'classifier'
+  config.data = default.image_data(name='digits', image_size=8, channels=1, random_flip=False)
 
-  config.model.patch = 1
-  config.model.widths = (64, 128)
-  config.model.depth = 2
-  config.model.features = 128
-  config.model.dropout = 0.5
+  config.model = model = ml_collections.ConfigDict()
+  model.num_classes = 10
+  model.patch = 1          # no space-to-depth stem
+  model.widths = (64, 128)
+  model.depth = 2
+  model.features = 128     # the width of the penultimate layer: the FID features
+  model.num_groups = 8     # GroupNorm groups (0: none)
+  model.dropout = 0.5
 
   config.optim.optimizer = 'adamw'
-  config.optim.weight_decay = 0.05
+  config.optim.lr = 2e-3
   config.optim.warmup_steps = 100
+  config.optim.schedule = 'cosine'
+  config.optim.grad_clip = 1.0
+  config.optim.weight_decay = 0.05
+
+  config.training.batch_size = 128
   config.training.num_train_steps = 1000
   config.training.checkpoint_every = 500
+  config.training.ema_rate = 0.99
+
   config.eval.batch_size = 200
   return config

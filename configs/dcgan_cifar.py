@@ -7,20 +7,30 @@ Offline: --config.data.image_folder=<folder with train/<class>/*.jpg>.
 
 import ml_collections
 
-from configs import dcgan_mnist
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = dcgan_mnist.get_config()
-  config.data.name = 'cifar10'
-  config.data.pad = 0
-  config.data.image_size = 32
-  config.data.channels = 3
-  config.data.random_flip = False
+  config = default.get_config()
+  config.method = 'gan'
+  config.data = default.image_data(name='cifar10', image_size=32, channels=3, random_flip=False)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.kind = 'dcgan'             # or 'mlp' (configs/gan_mnist.py)
+  model.latents = 100
+  model.width = 64                 # the discriminator's first conv; doubled per level (generator: the reverse)
+
+  config.gan = gan = ml_collections.ConfigDict()
+  gan.loss = 'non_saturating'      # or 'minimax' (the saturating -log(1 - D(G(z))) for G) or 'hinge'
+
+  config.optim.lr = 2e-4           # both networks, each with its own Adam state
+  config.optim.b1 = 0.5
 
   config.training.batch_size = 128
   config.training.num_train_steps = 20_000  # about 51 epochs of 50,000 images
   config.training.checkpoint_every = 2000
   config.training.sample_every = 2000
-  config.sample.num = 64
+  config.training.ema_rate = 0.0   # 0: samples come from G as trained; e.g. 0.999 for an EMA of its params
+
+  config.eval.batch_size = 500
   return config

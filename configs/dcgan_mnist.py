@@ -12,16 +12,31 @@ The 28x28 MNIST classifier judges its samples cropped back to 28x28 (the 2-pixel
 
 import ml_collections
 
-from configs import gan_mnist
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = gan_mnist.get_config()
-  config.data.pad = 2
-  config.data.image_size = 32
+  config = default.get_config()
+  config.method = 'gan'
+  config.data = default.image_data(name='mnist', image_size=32, channels=1, random_flip=False, pad=2)
 
   config.model = model = ml_collections.ConfigDict()
-  model.kind = 'dcgan'
+  model.kind = 'dcgan'             # or 'mlp' (configs/gan_mnist.py)
   model.latents = 100
-  model.width = 64   # the discriminator's first conv; doubled per level (generator: the reverse)
+  model.width = 64                 # the discriminator's first conv; doubled per level (generator: the reverse)
+
+  config.gan = gan = ml_collections.ConfigDict()
+  gan.loss = 'non_saturating'      # or 'minimax' (the saturating -log(1 - D(G(z))) for G) or 'hinge'
+
+  config.optim.lr = 2e-4           # both networks, each with its own Adam state
+  config.optim.b1 = 0.5
+
+  config.training.batch_size = 64
+  config.training.num_train_steps = 50_000
+  config.training.checkpoint_every = 5000
+  config.training.sample_every = 5000
+  config.training.ema_rate = 0.0   # 0: samples come from G as trained; e.g. 0.999 for an EMA of its params
+
+  config.sample.num = 100
+  config.eval.batch_size = 500
   return config

@@ -11,6 +11,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.method = 'ddpm'
+  config.data = default.image_data(name='cifar10', image_size=32, channels=3, random_flip=True)
 
   config.model = model = ml_collections.ConfigDict()
   model.ch = 128
@@ -24,11 +25,23 @@ def get_config() -> ml_collections.ConfigDict:
   model.label_dropout = 0.1   # class-conditional: share of training labels replaced by the null class
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.schedule = 'linear'   # betas linear from beta_start to beta_end (diffusion/schedules.py)
   diffusion.num_timesteps = 1000
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 0.02
+  diffusion.prediction = 'eps'    # what the UNet outputs (diffusion/prediction.py)
 
-  config.sample.method = 'ancestral'  # or 'ddim'
+  config.optim.lr = 2e-4
+  config.optim.warmup_steps = 5000
+  config.optim.grad_clip = 1.0
+
+  config.training.batch_size = 128
+  config.training.num_train_steps = 800_000
+  config.training.checkpoint_every = 10_000
+  config.training.sample_every = 50_000
+  config.training.ema_rate = 0.9999
+
+  config.sample.method = 'ancestral'  # a sampler of diffusion/samplers.py: 'ancestral' or 'ddim'
   config.sample.steps = 100           # DDIM steps
   config.sample.eta = 0.0             # DDIM: 0 deterministic, 1 ancestral-like
   config.sample.ddim_eps = 'auto'     # DDIM's noise beside the clipped x_0: 'model' (its prediction), 'clipped'

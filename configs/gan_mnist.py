@@ -17,10 +17,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.method = 'gan'
-  config.data.name = 'mnist'
-  config.data.image_size = 28
-  config.data.channels = 1
-  config.data.random_flip = False
+  config.data = default.image_data(name='mnist', image_size=28, channels=1, random_flip=False)
 
   config.model = model = ml_collections.ConfigDict()
   model.kind = 'mlp'               # 'mlp' or 'dcgan'
@@ -33,12 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.optim.lr = 2e-4           # both networks, each with its own Adam state
   config.optim.b1 = 0.5
-  config.optim.warmup_steps = 0
-  config.optim.grad_clip = 0.0
 
   config.training.batch_size = 64
   config.training.num_train_steps = 50_000
-  config.training.log_every = 100
   config.training.checkpoint_every = 5000
   config.training.sample_every = 5000
   config.training.ema_rate = 0.0   # 0: samples come from G as trained; e.g. 0.999 for an EMA of its params

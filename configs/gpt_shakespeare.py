@@ -17,18 +17,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.method = 'lm'
-
-  config.data = data = ml_collections.ConfigDict()
-  data.kind = 'text'
-  data.name = 'tiny_shakespeare'  # a TFDS data set with a 'text' feature
-  data.text_file = ''             # if set: this UTF-8 file is used instead of TFDS
-  data.val_fraction = 0.1         # data.text_file: the last fraction is the 'validation' split
-  data.manual_dir = ''            # TFDS: a folder holding the file it would download (input.txt)
-  data.tfds_data_dir = ''         # TFDS data_dir ('' = TFDS's default, ~/tensorflow_datasets)
-  data.train_split = 'train'
-  data.eval_split = 'validation'
-  data.tokenizer = 'char'         # 'char' (vocabulary of the training text) or 'byte' (256 values)
-  data.block_size = 256           # context length: tokens per training window (plus one target)
+  config.data = default.text_data(name='tiny_shakespeare', block_size=256)
 
   config.model = model = ml_collections.ConfigDict()
   model.num_layers = 6
@@ -53,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.checkpoint_every = 250
   config.training.sample_every = 5000
   config.training.eval_every = 250  # the whole validation split, as nanoGPT estimates it every 250 steps
-  config.training.ema_rate = 0.0  # no averaging: ema_params are the trained params, as in nanoGPT
+  config.training.ema_rate = 0.0    # no averaging: ema_params are the trained params, as in nanoGPT
 
   config.sample.num = 4
   config.sample.prompt = '\n'
@@ -69,5 +58,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.end_token = ''    # beam: the token that ends a hypothesis early, e.g. '\n' ('' = none)
 
   config.eval.batch_size = 64
-  config.eval.num_batches = 0
   return config

@@ -12,24 +12,24 @@ It is sized for an accelerator; on a 2-core CPU, `--config.model.ch=32
 
 import ml_collections
 
-from configs import vae_mnist
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = vae_mnist.get_config()
-  config.data.name = 'cifar10'
-  config.data.binarize = 0.0
-  config.data.image_size = 32
-  config.data.channels = 3
-  config.data.random_flip = True
+  config = default.get_config()
+  config.method = 'vae'
+  config.data = default.image_data(name='cifar10', image_size=32, channels=3, random_flip=True)
 
   config.model = model = ml_collections.ConfigDict()
-  model.kind = 'conv'
+  model.kind = 'conv'         # 'mlp' or 'conv'
   model.ch = 64
   model.ch_mult = (1, 2, 2)
   model.latents = 128
 
-  config.vae.likelihood = 'logistic'
+  config.vae = vae = ml_collections.ConfigDict()
+  vae.likelihood = 'logistic'   # the discretized logistic over the 256 values; 'bernoulli': binarized pixels
+  vae.beta = 1.0                # weight of the KL term (1: the ELBO)
+  vae.kl_warmup_steps = 0       # > 0: the KL weight rises linearly from 0 to vae.beta over these steps
 
   config.optim.lr = 1e-3
   config.optim.warmup_steps = 100
@@ -40,5 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.sample_every = 10_000
   config.training.ema_rate = 0.999
 
+  config.sample.num = 64
+  config.sample.num_examples = 16  # held-out images: reconstructed, and interpolated in pairs (0: none)
+  config.sample.interp_steps = 8   # decodes along each pair's latent line, ends included
+
   config.eval.batch_size = 200
+  config.eval.iwae_k = 100         # importance samples of the IWAE bound (0: no IWAE)
+  config.eval.iwae_chunk = 10      # of them decoded at once (memory)
   return config

@@ -18,11 +18,8 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.method = 'vae'
-  config.data.name = 'binarized_mnist'
-  config.data.binarize = 0.5 / 255  # binarized_mnist's 0/1 pixels: 1 becomes 255
-  config.data.image_size = 28
-  config.data.channels = 1
-  config.data.random_flip = False
+  config.data = default.image_data(name='binarized_mnist', image_size=28, channels=1, random_flip=False,
+                                   binarize=0.5 / 255)  # binarized_mnist's 0/1 pixels: 1 becomes 255
 
   config.model = model = ml_collections.ConfigDict()
   model.kind = 'mlp'          # 'mlp' or 'conv'
@@ -35,12 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   vae.kl_warmup_steps = 0       # > 0: the KL weight rises linearly from 0 to vae.beta over these steps
 
   config.optim.lr = 1e-3
-  config.optim.warmup_steps = 0
-  config.optim.grad_clip = 0.0
 
   config.training.batch_size = 128
   config.training.num_train_steps = 11_700
-  config.training.log_every = 100
   config.training.checkpoint_every = 1000
   config.training.sample_every = 11_700
   config.training.ema_rate = 0.999

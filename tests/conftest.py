@@ -84,14 +84,18 @@ def train_digits_feature_net(cache_dir: str) -> str:
   return cache_dir
 
 
+def build(config: ml_collections.ConfigDict, data_info: dict[str, Any] | None = None) -> Any:
+  """(method, train step, fresh state) of `config`, built as the loop builds them (with no parts)."""
+  from aigc_jax.train import loop
+  return loop.build(config, data_info or {}, {})
+
+
 def restore_newest(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
   """The method of `config`, and the newest readable checkpoint of `workdir` restored in this process."""
-  from aigc_jax import methods
   from aigc_jax.train import checkpoint
-  from aigc_jax.train import parallel
-  method = methods.get_method(config, parallel.AXIS, {})
+  method, _, fresh = build(config)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
-  state = jax.device_get(ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0))))
+  state = jax.device_get(ckpts.restore(fresh))
   ckpts.close()
   return method, state
 

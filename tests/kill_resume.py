@@ -149,16 +149,15 @@ def final_state(workdir: str, steps: int):
   """The train state of the run's newest checkpoint, restored into the tiny config's state."""
   sys.path.insert(0, ROOT)
   import jax
-  from aigc_jax import methods
   from aigc_jax.train import checkpoint
-  from aigc_jax.train import parallel
+  from aigc_jax.train import loop
   from configs import ddpm_digits
   config = ddpm_digits.get_config()
   config.training.num_train_steps = steps
   for key, value in OVERRIDES.items():
     section, name = key.split('.')
     config[section][name] = value
-  target = jax.jit(methods.get_method(config, parallel.AXIS).init)(jax.random.PRNGKey(config.seed))
+  target = loop.build(config, {}, {}).state
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 2)
   state = ckpts.restore(target)
   ckpts.close()

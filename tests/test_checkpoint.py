@@ -14,7 +14,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from aigc_jax.errors import UserError
 from aigc_jax.train import checkpoint
+from aigc_jax.train import state as state_lib
 from tests.conftest import process_env
 from tests.conftest import ROOT
 
@@ -29,6 +31,33 @@ def test_data_info_is_saved_with_each_step(tmp_path):
   assert reopened.data_info() == {'tokenizer': 'char', 'vocab': '\n !abc'}
   np.testing.assert_array_equal(reopened.restore(jax.tree.map(jnp.zeros_like, state))['w'], state['w'])
   reopened.close()
+
+
+def test_checkpoints_written_before_the_run_record_read_as_layout_1_without_parts(tmp_path):
+  state = {'w': jnp.arange(3.0)}
+  with ocp.CheckpointManager(str(tmp_path), item_names=('default', 'data_info')) as old:  # as aigc_jax wrote them
+    old.save(3, args=ocp.args.Composite(default=ocp.args.StandardSave(state),
+                                        data_info=ocp.args.JsonSave({'tokenizer': 'byte'})))
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  assert ckpts.run_info() == {'layout': 1, 'parts': {}} and ckpts.data_info() == {'tokenizer': 'byte'}
+  np.testing.assert_array_equal(ckpts.restore(jax.tree.map(jnp.zeros_like, state))['w'], state['w'])
+  ckpts.close()
+
+
+def test_a_checkpoint_of_another_train_state_layout_is_one_clear_line(tmp_path, monkeypatch):
+  state = {'w': jnp.arange(3.0)}
+  monkeypatch.setattr(state_lib, 'LAYOUT', 2)  # written by an aigc_jax whose train state is laid out otherwise
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  ckpts.save(7, state, {}, {'encoder': {'workdir': '/runs/vae', 'step': 4}})
+  ckpts.close()
+  monkeypatch.setattr(state_lib, 'LAYOUT', 1)
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  assert ckpts.run_info()['parts'] == {'encoder': {'workdir': '/runs/vae', 'step': 4}}
+  with pytest.raises(UserError, match=r'the checkpoint of step 7 in .* holds a train state of layout 2, and this '
+                                      r'aigc_jax reads layout 1: use the aigc_jax version that wrote it, or a new '
+                                      r'workdir'):
+    ckpts.restore(jax.tree.map(jnp.zeros_like, state))
+  ckpts.close()
 
 
 def test_single_item_checkpoints_still_restore(tmp_path, caplog):

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 from aigc_jax import cache
+from aigc_jax import methods
 from aigc_jax import data
 from aigc_jax.data import images
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import feature_net
-from aigc_jax.methods import classifier
 from aigc_jax.models.classifier import CNN
 from aigc_jax.train import parallel
+from aigc_jax.train import step as step_lib
+from tests.conftest import build
 from tests.conftest import process_env
 from tests.conftest import ROOT
 from tests.conftest import shrink_training
@@ -40,9 +42,9 @@ def _digits_data():
 
 
 def _state_after(config, devices, batches):
-  method = classifier.Classifier(config, parallel.AXIS)
-  step = parallel.train_step(method.train_step, parallel.devices(devices))
-  state, history = jax.jit(method.init)(jax.random.PRNGKey(0)), []
+  _, train_step, state = build(config)
+  step = parallel.train_step(train_step, parallel.devices(devices))
+  history = []
   for b in batches:
     split = {k: v.reshape((len(devices), -1) + v.shape[2:]) for k, v in b.items()}
     state, metrics = step(state, [split])
@@ -55,7 +57,7 @@ def test_4_device_step_equals_1_device_step():
   ds = data.create(config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=1,
                    train=True)
   batches = [ds.batch(s) for s in range(3)]
-  assert batches[0]['label'].dtype == np.int32
+  assert batches[0]['labels'].dtype == np.int32
   state4, history4 = _state_after(config, jax.devices()[:4], batches)
   state1, history1 = _state_after(config, jax.devices()[:1], batches)
   assert int(state4.step) == int(state1.step) == 3
@@ -80,12 +82,11 @@ def test_step_learns_real_digits():
   config.optim.lr = 3e-3
   config.optim.schedule = 'constant'
   x, y = images.load(config.data, 'train')
-  batch = {'image': (x[:64].astype(np.float32) / 127.5 - 1.0)[None], 'label': y[:64][None]}
-  method = classifier.Classifier(config, parallel.AXIS)
+  batch = {'images': (x[:64].astype(np.float32) / 127.5 - 1.0)[None], 'labels': y[:64][None]}
+  method, train_step, state = build(config)
   devs = parallel.devices(jax.devices()[:1])
-  step = parallel.train_step(method.train_step, devs)
-  evaluate = parallel.eval_step(method.eval_step, devs)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step = parallel.train_step(train_step, devs)
+  evaluate = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs)
 
   def metrics(state):  # of the current (not EMA) params
     return evaluate(state.replace(ema_params=state.params), batch, jax.random.PRNGKey(0))
@@ -102,19 +103,18 @@ def test_classifier_settings_are_checked():
   config = _tiny_config()
   config.training.sample_every = 4
   with pytest.raises(UserError, match='a classifier does not sample; set it to 0'):
-    classifier.Classifier.check_config(config)
+    methods.check_config(config)
   config = _tiny_config()
   config.model.num_groups = 3
   with pytest.raises(UserError, match='model.num_groups=3 must divide every width'):
-    classifier.Classifier.check_config(config)
+    methods.check_config(config)
 
 
 def test_unlabelled_images_are_a_clear_error():
-  method = classifier.Classifier(_tiny_config(), parallel.AXIS)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
-  step = parallel.train_step(method.train_step, parallel.devices(jax.devices()[:1]))
+  _, train_step, state = build(_tiny_config())
+  step = parallel.train_step(train_step, parallel.devices(jax.devices()[:1]))
   with pytest.raises(UserError, match='needs labelled images'):
-    step(state, [{'image': np.zeros((1, 4, 8, 8, 1), np.float32)}])
+    step(state, [{'images': np.zeros((1, 4, 8, 8, 1), np.float32)}])
 
 
 def _feature_net_cli(*args, devices=2):

@@ -50,7 +50,7 @@ def test_train_then_sample_then_eval(tmp_path):
     (['--config=configs/no_such_config.py'],
      "error: cannot load --config='configs/no_such_config.py'"),
     (['--config.method=gan'],
-     "error: config key model.kind is missing, and method='gan' needs it: use a config written for method 'gan'"),
+     "error: config key model.kind is missing, and method 'gan' needs it: use a config written for method 'gan'"),
     (['--config.method=lm'],
      "error: method='lm' trains on text but data.kind='images': use a config written for method 'lm'"),
     (['--config.training.skip_nonfinite=maybe'],

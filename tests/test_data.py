@@ -29,11 +29,11 @@ def test_tfds_cifar10_on_mock_data_has_right_shapes_and_range():
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=20):
     ds = _create(ddpm_cifar.get_config().data)
-  b = ds.batch(0)['image']
+  b = ds.batch(0)['images']
   assert b.shape == (4, 2, 32, 32, 3) and b.dtype == np.float32
   assert -1.0 <= b.min() < 0.0 < b.max() <= 1.0
-  assert ds.batch(0)['label'].shape == (4, 2) and ds.batch(0)['label'].dtype == np.int32
-  np.testing.assert_array_equal(ds.batch(5)['image'], ds.batch(5)['image'])  # random access is deterministic
+  assert ds.batch(0)['labels'].shape == (4, 2) and ds.batch(0)['labels'].dtype == np.int32
+  np.testing.assert_array_equal(ds.batch(5)['images'], ds.batch(5)['images'])  # random access is deterministic
 
 
 def test_tfds_missing_offline_is_a_clear_error(monkeypatch, tmp_path):
@@ -111,8 +111,8 @@ def test_npz_source_splits_by_holdout_and_keeps_labels(tmp_path):
   assert train_y.tolist() == list(range(7)) and test_y.tolist() == [7, 8, 9]
   ds = _create(_npz_cfg(tmp_path / 'd.npz'), batch=4, devices=2)
   b = ds.batch(1)
-  np.testing.assert_array_equal(np.round((b['image'].reshape(4, 25) + 1.0) * 127.5),
-                                x.reshape(10, 25)[b['label'].reshape(4)])
+  np.testing.assert_array_equal(np.round((b['images'].reshape(4, 25) + 1.0) * 127.5),
+                                x.reshape(10, 25)[b['labels'].reshape(4)])
 
 
 def test_npz_source_errors_say_what_to_fix(tmp_path):
@@ -197,7 +197,7 @@ def test_flip_only_in_training(tmp_path):
   cfg.npz_path, cfg.npz_holdout, cfg.image_size, cfg.random_flip = str(tmp_path / 'x.npz'), 16, 4, True
 
   def pixels(batch):
-    return np.round((batch['image'][0] + 1) * 127.5).astype(np.uint8)  # [-1, 1] back to 0..255
+    return np.round((batch['images'][0] + 1) * 127.5).astype(np.uint8)  # [-1, 1] back to 0..255
 
   held_out = pixels(_create(cfg, 'test', batch=16, devices=1, train=False).batch(0))
   np.testing.assert_array_equal(held_out, x_NHWC[16:])

@@ -1,4 +1,5 @@
-"""DDPM: the schedule and its closed forms, the paper's UNet size, a step that learns, the samplers."""
+"""DDPM and the diffusion package: the schedule and its closed forms, the paper's UNet size, a step that learns,
+the samplers."""
 
 import jax
 import jax.numpy as jnp
@@ -6,11 +7,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from aigc_jax import methods
 from aigc_jax.data import images
+from aigc_jax.diffusion import bound
+from aigc_jax.diffusion import process
+from aigc_jax.diffusion import samplers
+from aigc_jax.diffusion import schedules
 from aigc_jax.errors import UserError
 from aigc_jax.methods import ddpm
 from aigc_jax.train import parallel
+from aigc_jax.train import step as step_lib
 from configs import ddpm_cifar
+from tests.conftest import build
 from tests.conftest import tiny_ddpm_config
 
 T = 1000
@@ -18,7 +26,17 @@ T = 1000
 
 @pytest.fixture(scope='module')
 def schedule():
-  return ddpm.linear_schedule(T, 1e-4, 0.02)
+  return schedules.linear(T, 1e-4, 0.02)
+
+
+def denoise(config, eps_fn, rng, num):
+  """`num` samples of config.sample.method with the noise predictions eps_fn(x_t, t_B), as DDPM.sample draws them."""
+  method = ddpm.DDPM(config, parallel.AXIS)
+  return samplers.get(config.sample.method)(eps_fn, method.schedule, (num,) + method.image_shape, rng, config.sample)
+
+
+def evaluator(method, devs):
+  return parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs)
 
 
 def _abar(t: int) -> float:
@@ -39,7 +57,7 @@ def test_q_sample_matches_closed_form(schedule):
   x0 = rng.uniform(-1, 1, (3, 4, 4, 1)).astype(np.float32)
   noise = rng.standard_normal((3, 4, 4, 1)).astype(np.float32)
   t = np.array([0, 10, 999])
-  got = ddpm.q_sample(schedule, x0, jnp.asarray(t), noise)
+  got = process.q_sample(schedule, x0, jnp.asarray(t), noise)
   abar = np.array([_abar(i) for i in t])[:, None, None, None]
   np.testing.assert_allclose(got, np.sqrt(abar) * x0 + np.sqrt(1 - abar) * noise, atol=1e-5)
 
@@ -50,7 +68,7 @@ def test_posterior_matches_gaussian_conditioning(schedule):
   x0 = rng.uniform(-1, 1, (3, 2, 2, 1))
   xt = rng.standard_normal((3, 2, 2, 1))
   t = np.array([1, 500, 999])
-  mean, var = ddpm.q_posterior(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32),
+  mean, var = process.q_posterior(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32),
                                jnp.asarray(t))
   betas = np.linspace(1e-4, 0.02, T)
   beta = betas[t][:, None, None, None]
@@ -59,7 +77,7 @@ def test_posterior_matches_gaussian_conditioning(schedule):
   want_mean = (np.sqrt(1 - beta) / beta * xt + np.sqrt(abar_prev) / (1 - abar_prev) * x0) / precision
   np.testing.assert_allclose(var, np.broadcast_to(1 / precision, var.shape), rtol=1e-4)
   np.testing.assert_allclose(mean, want_mean, atol=1e-5)
-  mean0, var0 = ddpm.q_posterior(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32),
+  mean0, var0 = process.q_posterior(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32),
                                  jnp.zeros(3, jnp.int32))
   np.testing.assert_allclose(mean0, x0, atol=1e-6)  # at t=0 the posterior is x_0 itself
   np.testing.assert_allclose(var0, 0.0, atol=1e-12)
@@ -70,32 +88,36 @@ def test_predict_x0_inverts_q_sample(schedule):
   x0 = rng.uniform(-1, 1, (2, 4, 4, 3)).astype(np.float32)
   noise = rng.standard_normal(x0.shape).astype(np.float32)
   t = jnp.array([5, 700])
-  xt = ddpm.q_sample(schedule, x0, t, noise)
-  np.testing.assert_allclose(ddpm.predict_x0(schedule, xt, t, noise), x0, atol=2e-4)
+  xt = process.q_sample(schedule, x0, t, noise)
+  np.testing.assert_allclose(process.predict_x0(schedule, xt, t, noise), x0, atol=2e-4)
 
 
 def test_ddim_timesteps():
-  ts = ddpm.ddim_timesteps(1000, 50)
+  ts = samplers.ddim_timesteps(1000, 50)
   assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and np.all(np.diff(ts) < 0)
-  with pytest.raises(UserError, match='sample.steps'):
-    ddpm.ddim_timesteps(1000, 1001)
+  config = tiny_ddpm_config()
+  config.sample.steps = 101
+  with pytest.raises(UserError, match=r'sample.steps=101 must be in 1..100 \(diffusion.num_timesteps\)'):
+    methods.check_config(config)
+  config.sample.method = 'ancestral'  # a sampler's rules hold only when it is chosen
+  methods.check_config(config)
 
 
 def test_settings_that_would_give_nan_images_are_clear_errors():
   config = tiny_ddpm_config()
   config.sample.eta = 1.5  # the DDIM step would take the square root of a negative number
   with pytest.raises(UserError, match=r'sample.eta=1.5 must be in \[0, 1\]'):
-    ddpm.DDPM.check_config(config)
+    methods.check_config(config)
   config = tiny_ddpm_config()
   config.model.ch, config.model.num_groups = 2, 1  # a time embedding of one frequency divides by zero
   with pytest.raises(UserError, match='model.ch=2 must be >= 4'):
-    ddpm.DDPM.check_config(config)
+    methods.check_config(config)
 
 
 def test_cifar_unet_has_35_7m_parameters():
   method = ddpm.DDPM(ddpm_cifar.get_config(), parallel.AXIS)
-  shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0))
-  count = sum(x.size for x in jax.tree.leaves(shapes.params))
+  params, _ = jax.eval_shape(method.init, jax.random.PRNGKey(0))
+  count = sum(x.size for x in jax.tree.leaves(params))
   assert count == 35_746_307, count  # the DDPM paper's CIFAR-10 model, to the parameter
 
 
@@ -110,12 +132,11 @@ def _digits_cfg():
 
 def test_step_lowers_loss_on_real_digits(tiny_config):
   tiny_config.optim.lr = 2e-3
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  method, train_step, state = build(tiny_config)
   devs = parallel.devices(jax.devices()[:1])
-  step = parallel.train_step(method.train_step, devs)
-  evaluate = parallel.eval_step(method.eval_step, devs)
-  batch = {'image': _real_digits(64)[None]}
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step = parallel.train_step(train_step, devs)
+  evaluate = evaluator(method, devs)
+  batch = {'images': _real_digits(64)[None]}
 
   def loss(state):  # the fixed-noise loss of the current (not EMA) params
     return evaluate(state.replace(ema_params=state.params), batch, jax.random.PRNGKey(7))['loss']
@@ -130,12 +151,11 @@ def test_step_lowers_loss_on_real_digits(tiny_config):
 
 def test_bits_per_dim_is_finite_positive_and_drops_with_training_on_real_digits(tiny_config):
   tiny_config.optim.lr = 2e-3
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  method, train_step, state = build(tiny_config)
   devs = parallel.devices(jax.devices()[:1])
-  step = parallel.train_step(method.train_step, devs)
-  evaluate = parallel.eval_step(method.eval_step, devs)
-  batch = {'image': _real_digits(64)[None]}
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step = parallel.train_step(train_step, devs)
+  evaluate = evaluator(method, devs)
+  batch = {'images': _real_digits(64)[None]}
 
   def bpd(state):
     m = evaluate(state.replace(ema_params=state.params), batch, jax.random.PRNGKey(7))
@@ -150,25 +170,21 @@ def test_bits_per_dim_is_finite_positive_and_drops_with_training_on_real_digits(
 
 
 def test_bits_per_dim_does_not_depend_on_the_device_split(tiny_config):
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  method, _, state = build(tiny_config)
   x = _real_digits(8)
-  one = parallel.eval_step(method.eval_step, parallel.devices(jax.devices()[:1]))(
-      state, {'image': x[None]}, jax.random.PRNGKey(3))
-  four = parallel.eval_step(method.eval_step, parallel.devices())(
-      state, {'image': x.reshape(4, 2, 8, 8, 1)}, jax.random.PRNGKey(3))
+  one = evaluator(method, parallel.devices(jax.devices()[:1]))(state, {'images': x[None]}, jax.random.PRNGKey(3))
+  four = evaluator(method, parallel.devices())(state, {'images': x.reshape(4, 2, 8, 8, 1)}, jax.random.PRNGKey(3))
   np.testing.assert_allclose(four['bits_per_dim'], one['bits_per_dim'], rtol=1e-5)
 
 
 def test_eval_step_judges_the_ema_params_not_the_trained_ones(tiny_config):
   """eval_step's loss is that of state.ema_params: swapping in other params leaves it, other EMA params change it."""
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  evaluate = parallel.eval_step(method.eval_step, parallel.devices(jax.devices()[:1]))
-  state_a = jax.jit(method.init)(jax.random.PRNGKey(0))
+  method, _, state_a = build(tiny_config)
+  evaluate = evaluator(method, parallel.devices(jax.devices()[:1]))
   # Other params by perturbing: the zero-initialised output conv makes every fresh init predict eps = 0.
   rng = np.random.default_rng(1)
   params_b = jax.tree.map(lambda p: np.asarray(p) + 0.05 * rng.standard_normal(p.shape, np.float32), state_a.params)
-  batch = {'image': _real_digits(8)[None]}
+  batch = {'images': _real_digits(8)[None]}
 
   def loss(params, ema_params):
     return float(evaluate(state_a.replace(params=params, ema_params=ema_params), batch, jax.random.PRNGKey(7))['loss'])
@@ -181,7 +197,7 @@ def test_eval_step_judges_the_ema_params_not_the_trained_ones(tiny_config):
 def test_discretized_gaussian_puts_mass_one_on_the_256_levels():
   levels = jnp.linspace(-1.0, 1.0, 256)[:, None]
   for mean, log_scale in ((0.0, -3.0), (0.93, -1.0), (-1.2, -5.0), (0.3, 1.0)):
-    logp = ddpm.discretized_gaussian_log_likelihood(levels, jnp.full_like(levels, mean),
+    logp = bound.discretized_gaussian_log_likelihood(levels, jnp.full_like(levels, mean),
                                                     jnp.full_like(levels, log_scale))
     np.testing.assert_allclose(jnp.sum(jnp.exp(logp)), 1.0, atol=1e-4)
 
@@ -191,7 +207,7 @@ def test_discretized_gaussian_bins_match_float64_normal_cdf(mean, log_scale):
   """Each level's mass is Phi((x+1/255-mu)/sigma) - Phi((x-1/255-mu)/sigma) in float64, the two edge bins
   open-ended: Phi((-1+1/255-mu)/sigma) and 1 - Phi((1-1/255-mu)/sigma)."""
   levels_L = np.linspace(-1.0, 1.0, 256, dtype=np.float32)
-  logp_L = ddpm.discretized_gaussian_log_likelihood(jnp.asarray(levels_L), jnp.full(256, mean, jnp.float32),
+  logp_L = bound.discretized_gaussian_log_likelihood(jnp.asarray(levels_L), jnp.full(256, mean, jnp.float32),
                                                      jnp.full(256, log_scale, jnp.float32))
   x_L, sigma = levels_L.astype(np.float64), np.exp(log_scale)
   cdf_plus_L = stats.norm.cdf((x_L + 1 / 255 - mean) / sigma)
@@ -204,17 +220,16 @@ def test_discretized_gaussian_bins_match_float64_normal_cdf(mean, log_scale):
 
 
 def test_normal_kl_matches_closed_forms():
-  np.testing.assert_allclose(ddpm.normal_kl(0.0, 0.0, 0.0, 0.0), 0.0)
-  np.testing.assert_allclose(ddpm.normal_kl(1.0, 0.0, 0.0, 0.0), 0.5)
-  np.testing.assert_allclose(ddpm.normal_kl(0.0, jnp.log(4.0), 0.0, 0.0), 0.5 * (4.0 - 1.0 - jnp.log(4.0)),
+  np.testing.assert_allclose(bound.normal_kl(0.0, 0.0, 0.0, 0.0), 0.0)
+  np.testing.assert_allclose(bound.normal_kl(1.0, 0.0, 0.0, 0.0), 0.5)
+  np.testing.assert_allclose(bound.normal_kl(0.0, jnp.log(4.0), 0.0, 0.0), 0.5 * (4.0 - 1.0 - jnp.log(4.0)),
                              rtol=1e-6)
 
 
 @pytest.mark.parametrize('method_name', ['ancestral', 'ddim'])
 def test_samplers_give_uint8_images_on_4_devices(tiny_config, method_name):
   tiny_config.sample.method = method_name
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  method, _, state = build(tiny_config)
   devs = parallel.devices()
   assert len(devs.local) == 4
   out = parallel.sampler(method.sample, devs, 6)(state, jax.random.PRNGKey(1))
@@ -228,20 +243,19 @@ def test_clipping_x0_acts_as_a_model_that_predicts_the_clipped_x0(tiny_config, m
   """A noise prediction whose x_0 leaves [-1, 1] (as strong guidance gives) is sampled as the prediction
   of the clipped x_0: always by the ancestral sampler, by DDIM with sample.ddim_eps='clipped'."""
   tiny_config.sample.update(method=method_name, eta=eta, ddim_eps='clipped')
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  s = method.schedule
+  s = ddpm.DDPM(tiny_config, parallel.AXIS).schedule
 
   def wild_eps(x, t_B):
     return 4.0 * jnp.sin(3.0 * x) + 0.5
 
   def clipped_eps(x, t_B):
-    x0 = jnp.clip(ddpm.predict_x0(s, x, t_B, wild_eps(x, t_B)), -1.0, 1.0)
+    x0 = jnp.clip(process.predict_x0(s, x, t_B, wild_eps(x, t_B)), -1.0, 1.0)
     abar = s.alphas_cumprod[t_B].reshape(-1, 1, 1, 1)
     return (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
 
   rng = jax.random.PRNGKey(3)
-  wild = jax.jit(lambda k: method.denoise(wild_eps, k, 6))(rng)
-  clipped = jax.jit(lambda k: method.denoise(clipped_eps, k, 6))(rng)
+  wild = jax.jit(lambda k: denoise(tiny_config, wild_eps, k, 6))(rng)
+  clipped = jax.jit(lambda k: denoise(tiny_config, clipped_eps, k, 6))(rng)
   np.testing.assert_allclose(wild, clipped, atol=1e-4)
   assert np.abs(np.asarray(wild)).max() <= 1.0
 
@@ -260,7 +274,7 @@ def test_ddim_steps_with_the_models_noise_unless_told_to_take_the_one_the_clippe
     method = ddpm.DDPM(tiny_config, parallel.AXIS)
     s = method.schedule
     x = jax.random.normal(rng, (2,) + method.image_shape)
-    ts = ddpm.ddim_timesteps(tiny_config.diffusion.num_timesteps, 2)
+    ts = samplers.ddim_timesteps(tiny_config.diffusion.num_timesteps, 2)
     for t, t_prev in zip(ts, list(ts[1:]) + [None]):
       abar, abar_prev = s.alphas_cumprod[t], (1.0 if t_prev is None else s.alphas_cumprod[t_prev])
       eps = wild_eps(x, None)
@@ -268,12 +282,12 @@ def test_ddim_steps_with_the_models_noise_unless_told_to_take_the_one_the_clippe
       if clipped:
         eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
       x = jnp.sqrt(abar_prev) * x0 + jnp.sqrt(1.0 - abar_prev) * eps
-    np.testing.assert_allclose(method.denoise(wild_eps, rng, 2), x, atol=1e-5, err_msg=mode)
+    np.testing.assert_allclose(denoise(tiny_config, wild_eps, rng, 2), x, atol=1e-5, err_msg=mode)
   tiny_config.sample.update(ddim_eps='auto', guidance_scale=3.0)
-  assert ddpm._ddim_clipped_eps(tiny_config.sample)
+  assert samplers.ddim_clipped_eps(tiny_config.sample)
   tiny_config.sample.update(ddim_eps='wild', guidance_scale=0.0)
   with pytest.raises(UserError, match="sample.ddim_eps='wild' is unknown"):
-    ddpm.DDPM.check_config(tiny_config)
+    methods.check_config(tiny_config)
 
 
 @pytest.mark.parametrize('method_name, eta', [('ancestral', 0.0), ('ddim', 0.0), ('ddim', 1.0)])
@@ -293,7 +307,7 @@ def test_samplers_with_the_exact_noise_predictor_draw_the_data_distribution(tiny
     abar_N111 = abar_T[t_N].reshape(-1, 1, 1, 1)
     return jnp.sqrt(1.0 - abar_N111) * x_NHWC / (abar_N111 * data_std**2 + 1.0 - abar_N111)
 
-  x_NHWC = np.asarray(jax.jit(lambda k: method.denoise(exact_eps, k, 500))(jax.random.PRNGKey(0)))
+  x_NHWC = np.asarray(jax.jit(lambda k: denoise(tiny_config, exact_eps, k, 500))(jax.random.PRNGKey(0)))
   assert x_NHWC.shape == (500, 8, 8, 1)
   assert abs(x_NHWC.std() - data_std) <= 0.015, x_NHWC.std()
   assert abs(x_NHWC.mean()) <= 0.01, x_NHWC.mean()

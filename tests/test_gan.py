@@ -1,5 +1,6 @@
 """GANs: the losses on hand-computed logits, what each half-step changes, the device split, checkpoints, the loop."""
 
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aigc_jax import methods
 from aigc_jax.data import images
 from aigc_jax.errors import UserError
 from aigc_jax.methods import gan
@@ -15,9 +17,11 @@ from aigc_jax.models import gan as gan_models
 from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
+from aigc_jax.train import step as step_lib
 from configs import dcgan_cifar
 from configs import dcgan_mnist
 from configs import gan_mnist
+from tests.conftest import build
 from tests.conftest import shrink_training
 
 
@@ -101,12 +105,16 @@ def test_losses_stay_finite_at_extreme_logits(kind):
     np.testing.assert_allclose(gan.generator_loss(wrong, kind), 2e4 if kind == 'non_saturating' else 0.0)
 
 
-def _half_step(method, fn, state, x, steps):
-  """`steps` calls of one of the method's half-steps on one device, with the same batch and noise each time."""
-  step = parallel.train_step(fn, parallel.devices(jax.devices()[:1]), donate=False)
+def _half_step(train_step, name, state, x, steps):
+  """`steps` calls of the shared step with only the GAN's phase `name` ('d' or 'g', or 'dg' for both), on one
+  device, with the same batch each time."""
+  kept = [i for i, p in enumerate(train_step.phases) if p.name in name]
+  half = dataclasses.replace(train_step, phases=[train_step.phases[i] for i in kept],
+                             optimizers=[train_step.optimizers[i] for i in kept])
+  step = parallel.train_step(half, parallel.devices(jax.devices()[:1]), donate=False)
   metrics = []
   for _ in range(steps):
-    state, m = step(state, [{'image': x[None]}])
+    state, m = step(state, [{'images': x[None]}])
     metrics.append({k: float(v) for k, v in m.items()})
   return jax.device_get(state), metrics
 
@@ -122,9 +130,8 @@ def _assert_same(a, b):
 def test_discriminator_step_learns_and_leaves_the_generator_alone(kind):
   config = CONFIGS[kind]()
   config.optim.lr = 2e-3
-  method = gan.GAN(config, parallel.AXIS)
-  init = jax.jit(method.init)(jax.random.PRNGKey(0))
-  state, metrics = _half_step(method, method.discriminator_step, init, _real_digits(config, 32), 15)
+  _, train_step, init = build(config)
+  state, metrics = _half_step(train_step, 'd', init, _real_digits(config, 32), 15)
   assert metrics[-1]['d_accuracy'] > max(0.9, metrics[0]['d_accuracy']), [m['d_accuracy'] for m in metrics]
   assert metrics[-1]['d_loss'] < metrics[0]['d_loss']
   for part in ('params', 'opt_state', 'model_state'):
@@ -139,11 +146,10 @@ def test_generator_step_lowers_its_loss_and_leaves_the_discriminator_alone(kind)
   config = CONFIGS[kind]()
   config.optim.lr = 2e-3
   config.training.ema_rate = 0.5
-  method = gan.GAN(config, parallel.AXIS)
-  init = jax.jit(method.init)(jax.random.PRNGKey(0))
+  _, train_step, init = build(config)
   x = _real_digits(config, 32)
-  trained_d, _ = _half_step(method, method.discriminator_step, init, x, 10)  # a D worth fooling
-  state, metrics = _half_step(method, method.generator_step, trained_d, x, 15)
+  trained_d, _ = _half_step(train_step, 'd', init, x, 10)  # a D worth fooling
+  state, metrics = _half_step(train_step, 'g', trained_d, x, 15)
   assert metrics[-1]['g_loss'] < metrics[0]['g_loss'] - 0.1, [m['g_loss'] for m in metrics]
   for part in ('params', 'opt_state', 'model_state'):
     _assert_same(getattr(state, part)['discriminator'], getattr(trained_d, part)['discriminator'])
@@ -155,11 +161,11 @@ def test_the_d_and_g_steps_use_the_batch_statistics_and_update_the_running_ones(
   """D's outputs in both half-steps are those of D normalized by each batch itself (G's fakes too), not
   by the running statistics; and both networks' running means move."""
   config = tiny_dcgan_config()
-  method = gan.GAN(config, parallel.AXIS)
-  init = jax.device_get(jax.jit(method.init)(jax.random.PRNGKey(0)))
+  _, train_step, init = build(config)
+  init = jax.device_get(init)
   assert set(init.model_state['generator']) == set(init.model_state['discriminator']) == {'batch_stats'}
   x_real_BHWC = _real_digits(config, 8)
-  state, metrics = _half_step(method, method.train_step, init, x_real_BHWC, 1)
+  state, metrics = _half_step(train_step, 'dg', init, x_real_BHWC, 1)
   for net in ('generator', 'discriminator'):
     means = [s['mean'] for s in jax.tree.leaves(state.model_state[net]['batch_stats'],
                                                 is_leaf=lambda t: isinstance(t, dict) and 'mean' in t)]
@@ -186,14 +192,13 @@ def test_the_d_and_g_steps_use_the_batch_statistics_and_update_the_running_ones(
 @pytest.mark.parametrize('kind', CONFIGS)
 def test_4_device_step_equals_1_device_step(kind):
   config = CONFIGS[kind]()
-  method = gan.GAN(config, parallel.AXIS)
-  init = jax.jit(method.init)(jax.random.PRNGKey(0))
+  method, train_step, init = build(config)
   x = _real_digits(config, 8)
   results = []
   for devs in (parallel.devices(jax.devices()[:1]), parallel.devices()):
-    step = parallel.train_step(method.train_step, devs, donate=False)
-    evaluate = parallel.eval_step(method.eval_step, devs)
-    batch = {'image': x.reshape((len(devs.local), -1) + x.shape[1:])}
+    step = parallel.train_step(train_step, devs, donate=False)
+    evaluate = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs)
+    batch = {'images': x.reshape((len(devs.local), -1) + x.shape[1:])}
     state, metrics = step(init, [batch])
     state, metrics = step(state, [batch])
     results.append((state, metrics, evaluate(state, batch, jax.random.PRNGKey(5))))
@@ -218,7 +223,7 @@ def test_conv_transpose_2x_is_a_transposed_convolution():
 
 def test_configs_have_the_papers_sizes():
   mlp = gan.GAN(gan_mnist.get_config(), parallel.AXIS)
-  params = jax.eval_shape(mlp.init, jax.random.PRNGKey(0)).params
+  params, _ = jax.eval_shape(mlp.init, jax.random.PRNGKey(0))
 
   def dense(widths):
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
@@ -226,7 +231,7 @@ def test_configs_have_the_papers_sizes():
   assert sum(x.size for x in jax.tree.leaves(params['generator'])) == dense([100, 256, 512, 1024, 784])
   assert sum(x.size for x in jax.tree.leaves(params['discriminator'])) == dense([784, 1024, 512, 256, 1])
   dcgan = gan.GAN(dcgan_cifar.get_config(), parallel.AXIS)
-  params = jax.eval_shape(dcgan.init, jax.random.PRNGKey(0)).params
+  params, _ = jax.eval_shape(dcgan.init, jax.random.PRNGKey(0))
   g_convs = [p['kernel'].shape for k, p in sorted(params['generator'].items()) if k.startswith('ConvTranspose')]
   d_convs = [p['kernel'].shape for k, p in sorted(params['discriminator'].items()) if k.startswith('Conv_')]
   assert params['generator']['Dense_0']['kernel'].shape == (100, 4 * 4 * 256)
@@ -239,17 +244,17 @@ def test_settings_are_checked_before_compiling():
   config = tiny_dcgan_config()
   config.data.image_size = 28
   with pytest.raises(UserError, match=r'data.image_size=28: the DCGAN needs a power of two .* data.pad=2'):
-    gan.GAN.check_config(config)
+    methods.check_config(config)
   config = tiny_mlp_config()
   config.gan.loss = 'wasserstein'
   with pytest.raises(UserError, match="gan.loss='wasserstein' is unknown"):
-    gan.GAN.check_config(config)
+    methods.check_config(config)
   config.gan.loss, config.model.kind = 'hinge', 'resnet'
   with pytest.raises(UserError, match="model.kind='resnet' is unknown"):
-    gan.GAN.check_config(config)
+    methods.check_config(config)
   config.model.kind = 'dcgan'
   with pytest.raises(UserError, match="model.kind='dcgan' needs model.width: start from configs/dcgan_mnist.py"):
-    gan.GAN.check_config(config)
+    methods.check_config(config)
 
 
 @pytest.fixture(scope='module')
@@ -261,8 +266,7 @@ def trained(tmp_path_factory):
 
 def test_checkpoint_restores_both_networks_optimizers_and_batch_statistics(trained):
   workdir, state = trained
-  method = gan.GAN(tiny_dcgan_config(), parallel.AXIS)
-  fresh = jax.jit(method.init)(jax.random.PRNGKey(1))
+  fresh = build(tiny_dcgan_config()).state
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
   restored = ckpts.restore(fresh)
   ckpts.close()
@@ -279,7 +283,9 @@ def test_loop_writes_gan_metrics_and_samples(trained):
   workdir, _ = trained
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
-  assert {'loss', 'd_loss', 'g_loss', 'd_real', 'd_fake', 'd_accuracy', 'lr'} <= set(rows[-1])
+  assert {'loss', 'd_loss', 'g_loss', 'd_real', 'd_fake', 'd_accuracy', 'd_lr', 'g_lr', 'd_grad_norm',
+          'g_grad_norm', 'd_fake_g_step'} <= set(rows[-1])
+  assert rows[-1]['loss'] == rows[-1]['d_loss']
   with np.load(os.path.join(workdir, 'samples', 'step_4.npz')) as z:
     assert z['images'].shape == (6, 16, 16, 1) and z['images'].dtype == np.uint8
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_4.png'))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from aigc_jax import data
+from aigc_jax import methods
 from aigc_jax.data import text
 from aigc_jax.data import tokenizers
 from aigc_jax.errors import UserError
@@ -25,7 +26,9 @@ from aigc_jax.train import loop
 from aigc_jax.train import nonfinite
 from aigc_jax.train import optim
 from aigc_jax.train import parallel
+from aigc_jax.train import step as step_lib
 from configs import gpt_shakespeare_cpu
+from tests.conftest import build
 from tests.conftest import process_env
 from tests.conftest import ROOT
 from tests.conftest import needs_shared_data
@@ -125,7 +128,7 @@ def test_text_windows_are_deterministic_and_cover_the_eval_split():
   ev = data.pipeline.TextBatches(tokens, 4, 10, seed=0, process_index=0, process_count=1, local_devices=2,
                                  shuffle=False, info={})
   assert len(ev) == 3 and [ev.share(i) for i in range(3)] == [1.0, 1.0, 0.25]  # the 9th window pads the last
-  np.testing.assert_array_equal(ev.batch(2)['weight'], [[1, 0], [0, 0]])
+  np.testing.assert_array_equal(ev.batch(2)['weights'], [[1, 0], [0, 0]])
   np.testing.assert_array_equal(ev.batch(2)['tokens'][0, 0], np.arange(80, 91))
 
 
@@ -157,16 +160,16 @@ def test_byte_level_data_and_model(config):
   ds = data.create(config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=4, train=True)
   assert ds.info == {'tokenizer': 'byte'} and ds.batch(0)['tokens'].max() < 256
   method = lm.LM(config, parallel.AXIS, ds.info)
-  shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0))
-  assert shapes.params['token_embed']['embedding'].shape == (256, 32) and method.bits_name == 'bits_per_byte'
+  params, _ = jax.eval_shape(method.init, jax.random.PRNGKey(0))
+  assert params['token_embed']['embedding'].shape == (256, 32) and method.bits_name == 'bits_per_byte'
 
 
 def test_gpt_shakespeare_has_nanogpts_10_65m_parameters_plus_positions():
   from configs import gpt_shakespeare
   vocab_65 = '\n' + ''.join(chr(c) for c in range(32, 96))  # Tiny Shakespeare has 65 characters
   method = lm.LM(gpt_shakespeare.get_config(), parallel.AXIS, _info(vocab_65))
-  shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0))
-  count = sum(x.size for x in jax.tree.leaves(shapes.params))
+  params, _ = jax.eval_shape(method.init, jax.random.PRNGKey(0))
+  count = sum(x.size for x in jax.tree.leaves(params))
   assert count - 256 * 384 == 10_646_784, count  # nanoGPT reports 10.65M, leaving out the position embedding
 
 
@@ -236,9 +239,8 @@ def test_next_token_filters():
 
 
 def _step_run(config, devices, batches):
-  method = lm.LM(config, parallel.AXIS, _info(text.load(config.data, 'train')[0]))
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
-  step = parallel.train_step(method.train_step, parallel.devices(devices))
+  _, train_step, state = build(config, _info(text.load(config.data, 'train')[0]))
+  step = parallel.train_step(train_step, parallel.devices(devices))
   losses = []
   for b in batches:
     state, metrics = step(state, [{'tokens': b.reshape((len(devices), -1) + b.shape[2:])}])
@@ -271,12 +273,11 @@ def _loss_drop(config, steps: int) -> tuple[float, float, float]:
   config.training.num_train_steps = steps  # the learning rate decays over these steps
   ds = data.create(config.data, 'train', config.training.batch_size, seed=0, process_index=0, process_count=1,
                    local_devices=1, train=True)
-  method = lm.LM(config, parallel.AXIS, ds.info)
+  method, train_step, state = build(config, ds.info)
   devs = parallel.devices(jax.devices()[:1])
-  step = parallel.train_step(method.train_step, devs)
-  evaluate = parallel.eval_step(method.eval_step, devs)
+  step = parallel.train_step(train_step, devs)
+  evaluate = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs)
   held = ds.batch(10_000)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
 
   def loss(state):
     return evaluate(state.replace(ema_params=state.params), held, jax.random.PRNGKey(0))['loss']
@@ -313,14 +314,14 @@ def test_weight_decay_spares_biases_and_norm_scales(config):
 def test_bad_settings_are_clear_errors(config):
   config.model.num_heads = 3
   with pytest.raises(UserError, match='model.num_heads=3 must divide model.width=32'):
-    lm.LM.check_config(config)
+    methods.check_config(config)
   config.model.num_heads = 2
   config.sample.prompt = 'Zounds!'
   with pytest.raises(UserError, match=r"sample.prompt='Zounds!' has characters outside the vocabulary .*'!Z'"):
     lm.LM(config, parallel.AXIS, _info())
   config.sample.prompt = ''
   with pytest.raises(UserError, match='sample.prompt is empty'):
-    lm.LM.check_config(config)
+    methods.check_config(config)
 
 
 @pytest.fixture(scope='module')
@@ -355,7 +356,7 @@ def test_eval_scores_every_window_of_the_split_once(trained):
   config.eval.num_batches = 0
   result = loop.evaluate(config, workdir)
   ckpts = loop.checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3)
-  method, state = loop.init_method(config, ckpts.data_info())
+  method, _, state = build(config, ckpts.data_info())
   state = jax.device_get(ckpts.restore(state))
   ckpts.close()
   tokens = method.tokenizer.encode(text.load(config.data, 'validation')[0])
@@ -470,11 +471,11 @@ def test_beam_search_through_sample_mode_prints_text_and_log_probability(trained
 def test_decoding_settings_are_clear_errors(config):
   config.sample.method = 'nucleus'
   with pytest.raises(UserError, match="sample.method='nucleus' is unknown: use 'sample' .* or 'beam'"):
-    lm.LM.check_config(config)
+    methods.check_config(config)
   config.sample.method = 'beam'
   config.sample.num_beams = 0
   with pytest.raises(UserError, match='sample.num_beams=0 must be >= 1'):
-    lm.LM.check_config(config)
+    methods.check_config(config)
   config.sample.num_beams = 2
   config.sample.end_token = '\n\n'
   with pytest.raises(UserError, match=r"sample.end_token='\\n\\n' is 2 tokens, not one"):

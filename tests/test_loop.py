@@ -4,9 +4,7 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from PIL import Image
 
@@ -15,7 +13,6 @@ from aigc_jax.methods import ddpm
 from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
-from aigc_jax.train import state as state_lib
 from aigc_jax.train import writers
 from tests.conftest import restore_newest
 
@@ -47,18 +44,6 @@ def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
   state = loop.train(tiny_ddpm_config(), workdir)
   return workdir, state
-
-
-def test_an_optimizer_step_moves_the_ema_a_share_of_one_minus_rate_toward_the_new_params():
-  """apply_gradients: params <- the optimizer's update, then ema <- rate * ema + (1 - rate) * params (rate 0.9,
-  so swapping rate and 1 - rate shows), and the step advances."""
-  w = {'w': jnp.array([1.0, -2.0, 4.0])}
-  grads = {'w': jnp.array([0.5, 0.5, -1.0])}
-  state = state_lib.create(w, optax.sgd(1.0), jax.random.PRNGKey(0))
-  state = state_lib.apply_gradients(state, grads, optax.sgd(1.0), 0.9)
-  np.testing.assert_allclose(state.params['w'], [0.5, -2.5, 5.0])
-  np.testing.assert_allclose(state.ema_params['w'], 0.9 * w['w'] + 0.1 * state.params['w'], rtol=1e-6)
-  assert int(state.step) == 1
 
 
 def test_workdir_follows_the_contracts(trained):

@@ -23,11 +23,12 @@ import pytest
 
 from aigc_jax import cache
 from aigc_jax import data
-from aigc_jax import methods
 from aigc_jax.errors import UserError
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
+from aigc_jax.train import step as step_lib
 from tests.conftest import ROOT
+from tests.conftest import build
 from tests.conftest import process_env
 from tests.conftest import restore_newest
 from tests.conftest import one_level_ddpm_config
@@ -122,9 +123,9 @@ def _single_process_batch(config, step):
 def _reference(config, batches):
   """One process with 4 devices: a fresh state trained on `batches`, as the loop trains it."""
   devs = parallel.devices(jax.devices()[:4])
-  method = methods.get_method(config, parallel.AXIS, {})
-  state = parallel.replicate(jax.jit(method.init)(jax.random.PRNGKey(config.seed)), devs)
-  step = parallel.train_step(method.train_step, devs)
+  _, train_step, state = build(config)
+  state = parallel.replicate(state, devs)
+  step = parallel.train_step(train_step, devs)
   for batch in batches:
     state, _ = step(state, [batch])
   return jax.device_get(state)
@@ -142,15 +143,15 @@ def test_two_processes_train_as_one_process_with_four_devices(two_process_run):
   print(f'two-process run: {seconds:.1f} s')
   config = one_level_ddpm_config()
   reference = _reference(config, [_two_process_batch(config, s) for s in range(4)])
-  method, restored = restore_newest(config, workdir)
+  _, restored = restore_newest(config, workdir)
   assert int(restored.step) == int(reference.step) == 4
   _assert_close(restored.params, reference.params)
   _assert_close(restored.ema_params, reference.ema_params)
   _assert_close(restored.opt_state, reference.opt_state)
-  init = jax.device_get(jax.jit(method.init)(jax.random.PRNGKey(0)))
+  init = jax.device_get(build(config).state)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(init.params)))
   # the shards differ, so the processes' global batches are not the single-process ones
-  assert not np.array_equal(_two_process_batch(config, 0)['image'], _single_process_batch(config, 0)['image'])
+  assert not np.array_equal(_two_process_batch(config, 0)['images'], _single_process_batch(config, 0)['images'])
 
 
 def test_only_process_0_writes_logs_metrics_and_samples(two_process_run):
@@ -198,11 +199,11 @@ def _reference_eval(config, workdir):
   """--mode=eval's metrics of `workdir`'s checkpoint in this one process with 4 devices, fed the
   global eval batches of two processes (each process's rows from its own shard, one after another)."""
   method, state = restore_newest(config, workdir)
-  p_eval = parallel.eval_step(method.eval_step, parallel.devices(jax.devices()[:4]))
+  p_eval = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), parallel.devices(jax.devices()[:4]))
   rng = jax.random.PRNGKey(config.seed + 3)  # the key --mode=eval draws from
   metrics = [p_eval(state, _two_process_batch(config, i, train=False), jax.random.fold_in(rng, i))
              for i in range(config.eval.num_batches)]
-  return method.eval_summary({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]})
+  return method.summarize({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]})
 
 
 def test_sample_and_eval_over_two_processes(two_process_run, tmp_path, monkeypatch):

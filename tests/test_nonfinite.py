@@ -10,12 +10,11 @@ import pytest
 from aigc_jax import data
 from aigc_jax.data.pipeline import ImageBatches
 from aigc_jax.errors import UserError
-from aigc_jax.methods import ddpm
-from aigc_jax.methods import gan
 from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import nonfinite
 from aigc_jax.train import parallel
+from tests.conftest import build
 from tests.conftest import one_level_ddpm_config
 from tests.test_gan import tiny_dcgan_config
 
@@ -32,8 +31,15 @@ def _batches(config, n, poisoned=()):
                    local_devices=4, train=True)
   batches = [ds.batch(s) for s in range(n)]
   for s in poisoned:
-    batches[s] = {**batches[s], 'image': np.full_like(batches[s]['image'], np.nan)}
+    batches[s] = {**batches[s], 'images': np.full_like(batches[s]['images'], np.nan)}
   return batches
+
+
+def _mapped(config, steps_per_call=1, skip=False):
+  """The config's shared train step mapped over the 4 devices, k steps a call, and a fresh state."""
+  config.training.skip_nonfinite = skip
+  _, train_step, state = build(config)
+  return parallel.train_step(train_step, parallel.devices(), steps_per_call, donate=False), state
 
 
 def _equal(a, b) -> bool:
@@ -47,15 +53,13 @@ def _poison_step(monkeypatch, step: int) -> None:
 
   def batch(self, s):
     out = clean(self, s)
-    return {**out, 'image': np.full_like(out['image'], np.nan)} if self.shuffle and s == step - 1 else out
+    return {**out, 'images': np.full_like(out['images'], np.nan)} if self.shuffle and s == step - 1 else out
   monkeypatch.setattr(ImageBatches, 'batch', batch)
 
 
 @pytest.mark.parametrize('skip', [False, True])
 def test_a_nan_batch_is_flagged_at_its_step_and_skipping_keeps_the_old_state(tiny_config, skip):
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  step = parallel.train_step(method.train_step, parallel.devices(), donate=False, skip_nonfinite=skip)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step, state = _mapped(tiny_config, skip=skip)
   clean, poisoned = _batches(tiny_config, 2, poisoned=[1])
   state, metrics = step(state, [clean])
   assert int(metrics[nonfinite.COUNT]) == 0 and int(metrics[nonfinite.FIRST]) == -1
@@ -70,13 +74,10 @@ def test_a_nan_batch_is_flagged_at_its_step_and_skipping_keeps_the_old_state(tin
 
 
 def test_scanned_steps_report_the_first_bad_step_and_average_the_good_ones(tiny_config):
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  devs = parallel.devices()
-  init = jax.jit(method.init)(jax.random.PRNGKey(0))
   batches = _batches(tiny_config, 3, poisoned=[1])
-  scanned, metrics = parallel.train_step(method.train_step, devs, 3, donate=False, skip_nonfinite=True)(
-      init, batches)
-  one = parallel.train_step(method.train_step, devs, 1, donate=False, skip_nonfinite=True)
+  three, init = _mapped(tiny_config, 3, skip=True)
+  scanned, metrics = three(init, batches)
+  one, _ = _mapped(tiny_config, 1, skip=True)
   state, losses = init, []
   for b in batches:
     state, m = one(state, [b])
@@ -89,9 +90,8 @@ def test_scanned_steps_report_the_first_bad_step_and_average_the_good_ones(tiny_
 
 def test_a_nan_loss_after_a_good_step_in_one_scanned_call_is_named(tiny_config):
   """Without skipping, the stop message names the loss of the flagged step, not only the step."""
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  step = parallel.train_step(method.train_step, parallel.devices(), 2, donate=False)
-  _, metrics = step(jax.jit(method.init)(jax.random.PRNGKey(0)), _batches(tiny_config, 2, poisoned=[1]))
+  step, state = _mapped(tiny_config, 2)
+  _, metrics = step(state, _batches(tiny_config, 2, poisoned=[1]))
   watch = nonfinite.Watch(skip=False)
   watch.add(metrics)
   with pytest.raises(UserError, match=r'non-finite .*loss=nan at step 2: training stopped'):
@@ -100,10 +100,9 @@ def test_a_nan_loss_after_a_good_step_in_one_scanned_call_is_named(tiny_config):
 
 def test_a_short_call_reports_every_step_it_ran(tiny_config):
   """The last call of 5 steps at 3 per call runs 2 single steps: a NaN in its first is counted and named."""
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
-  step = parallel.train_step(method.train_step, parallel.devices(), 3, donate=False, skip_nonfinite=True)
+  step, state = _mapped(tiny_config, 3, skip=True)
   poisoned, clean = _batches(tiny_config, 2, poisoned=[0])
-  _, metrics = step(jax.jit(method.init)(jax.random.PRNGKey(0)), [poisoned, clean])
+  _, metrics = step(state, [poisoned, clean])
   assert int(metrics[nonfinite.COUNT]) == 1 and int(metrics[nonfinite.FIRST]) == 1
   assert np.isfinite(float(metrics['loss']))  # the mean of the good step
 
@@ -111,9 +110,7 @@ def test_a_short_call_reports_every_step_it_ran(tiny_config):
 def test_gan_steps_go_through_the_same_guard():
   """A GAN's two networks, two optimizers and BatchNorm statistics are all kept on a skipped step."""
   config = tiny_dcgan_config()
-  method = gan.GAN(config, parallel.AXIS)
-  step = parallel.train_step(method.train_step, parallel.devices(), donate=False, skip_nonfinite=True)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step, state = _mapped(config, skip=True)
   (poisoned,) = _batches(config, 1, poisoned=[0])
   after, metrics = step(state, [poisoned])
   assert int(metrics[nonfinite.COUNT]) == 1 and int(after.step) == 1

@@ -6,18 +6,17 @@ import pytest
 
 from aigc_jax import data
 from aigc_jax.errors import UserError
-from aigc_jax.methods import ddpm
 from aigc_jax.train import parallel
+from tests.conftest import build
 
 
 def _run(config, devices, batches, steps):
   devs = parallel.devices(devices)
-  method = ddpm.DDPM(config, parallel.AXIS)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
-  step = parallel.train_step(method.train_step, devs)
+  _, train_step, state = build(config)
+  step = parallel.train_step(train_step, devs)
   losses = []
   for b in batches[:steps]:
-    state, metrics = step(state, [{'image': b.reshape((len(devices), -1) + b.shape[2:])}])
+    state, metrics = step(state, [{'images': b.reshape((len(devices), -1) + b.shape[2:])}])
     losses.append(float(metrics['loss']))
   return jax.device_get(state), losses
 
@@ -26,7 +25,7 @@ def test_4_device_step_equals_1_device_step(tiny_config):
   assert jax.device_count() == 4
   ds = data.create(tiny_config.data, 'train', 8, seed=0, process_index=0, process_count=1,
                    local_devices=1, train=True)
-  batches = [ds.batch(s)['image'] for s in range(3)]
+  batches = [ds.batch(s)['images'] for s in range(3)]
   state4, losses4 = _run(tiny_config, jax.devices()[:4], batches, 3)
   state1, losses1 = _run(tiny_config, jax.devices()[:1], batches, 3)
   assert int(state4.step) == int(state1.step) == 3
@@ -34,21 +33,19 @@ def test_4_device_step_equals_1_device_step(tiny_config):
   for a, b in zip(jax.tree.leaves(state4.params), jax.tree.leaves(state1.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
   changed = [not np.allclose(a, b) for a, b in
-             zip(jax.tree.leaves(state4.params), jax.tree.leaves(jax.jit(
-                 ddpm.DDPM(tiny_config, parallel.AXIS).init)(jax.random.PRNGKey(0)).params))]
+             zip(jax.tree.leaves(state4.params), jax.tree.leaves(build(tiny_config).state.params))]
   assert any(changed)  # the steps did train
 
 
 def test_steps_per_call_scan_equals_single_steps(tiny_config):
   """k steps in one lax.scan call equal k separate calls."""
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  _, train_step, init = build(tiny_config)
   devs = parallel.devices()
   ds = data.create(tiny_config.data, 'train', 8, seed=0, process_index=0, process_count=1,
                    local_devices=4, train=True)
   batches = [ds.batch(s) for s in range(2)]
-  init = jax.jit(method.init)(jax.random.PRNGKey(0))
-  single, _ = parallel.train_step(method.train_step, devs, 1, donate=False)(init, batches)
-  multi, _ = parallel.train_step(method.train_step, devs, 2, donate=False)(init, batches)
+  single, _ = parallel.train_step(train_step, devs, 1, donate=False)(init, batches)
+  multi, _ = parallel.train_step(train_step, devs, 2, donate=False)(init, batches)
   for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(multi)):
     np.testing.assert_allclose(a, b, atol=1e-5)
   assert int(multi.step) == 2
@@ -62,17 +59,16 @@ def test_batch_not_divisible_by_devices_is_clear():
 
 def test_prefetched_calls_equal_host_batches(tiny_config):
   """The loop's prefetch (calls of k steps on the devices ahead of time) trains exactly as host batches do."""
-  method = ddpm.DDPM(tiny_config, parallel.AXIS)
+  _, train_step, init = build(tiny_config)
   devs = parallel.devices()
   ds = data.create(tiny_config.data, 'train', 8, seed=0, process_index=0, process_count=1,
                    local_devices=4, train=True)
   calls = [[ds.batch(s) for s in range(a, min(a + 2, 5))] for a in range(0, 5, 2)]
   inputs = list(parallel.prefetch(iter(calls), devs, steps_per_call=2))
   assert [(i.steps, i.stacked) for i in inputs] == [(2, True), (2, True), (1, False)]
-  assert inputs[0].batches['image'].shape == (4, 2, 2, 8, 8, 1)
-  assert len(inputs[0].batches['image'].sharding.device_set) == 4
-  step = parallel.train_step(method.train_step, devs, 2, donate=False)
-  init = jax.jit(method.init)(jax.random.PRNGKey(0))
+  assert inputs[0].batches['images'].shape == (4, 2, 2, 8, 8, 1)
+  assert len(inputs[0].batches['images'].sharding.device_set) == 4
+  step = parallel.train_step(train_step, devs, 2, donate=False)
   fetched, host = init, init
   for i, c in zip(inputs, calls):
     fetched, _ = step(fetched, i)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from aigc_jax import data
-from aigc_jax.methods import ddpm
 from aigc_jax.train import checkpoint
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
+from tests.conftest import build
 from tests.conftest import one_level_ddpm_config
 from tests.conftest import restore_newest
 from tests.test_cli import TINY
@@ -18,23 +18,23 @@ from tests.test_cli import _run
 def _trained_on(config, n_devices):
   """The tiny DDPM state after one real step on the first `n_devices` devices, replicated over them."""
   devs = parallel.devices(jax.devices()[:n_devices])
-  method = ddpm.DDPM(config, parallel.AXIS)
+  built = build(config)
   ds = data.create(config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=n_devices,
                    train=True)
-  state = parallel.replicate(jax.jit(method.init)(jax.random.PRNGKey(0)), devs)
-  state, _ = parallel.train_step(method.train_step, devs)(state, [ds.batch(0)])
-  return method, state
+  state = parallel.replicate(built.state, devs)
+  state, _ = parallel.train_step(built.step, devs)(state, [ds.batch(0)])
+  return built, state
 
 
 @pytest.mark.parametrize('written, read', [(4, 1), (4, 2), (1, 4), (2, 4)])
 def test_state_restores_bit_equal_on_another_device_count(tiny_config, tmp_path, written, read):
-  method, state = _trained_on(tiny_config, written)
+  built, state = _trained_on(tiny_config, written)
   assert len(jax.tree.leaves(state)[0].sharding.device_set) == written
   ckpts = checkpoint.Checkpoints(str(tmp_path), 3)
   ckpts.save(1, state, {})
   ckpts.close()
   devs = parallel.devices(jax.devices()[:read])
-  target = jax.jit(method.init)(jax.random.PRNGKey(0))  # what the loop restores into
+  target = build(tiny_config).state  # what the loop restores into
   ckpts = checkpoint.Checkpoints(str(tmp_path), 3)
   restored = parallel.replicate(ckpts.restore(target), devs)
   ckpts.close()
@@ -43,7 +43,7 @@ def test_state_restores_bit_equal_on_another_device_count(tiny_config, tmp_path,
     np.testing.assert_array_equal(a, b)
   ds = data.create(tiny_config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=read,
                    train=True)
-  after, metrics = parallel.train_step(method.train_step, devs)(restored, [ds.batch(1)])  # and it trains on
+  after, metrics = parallel.train_step(built.step, devs)(restored, [ds.batch(1)])  # and it trains on
   assert int(after.step) == 2 and np.isfinite(float(metrics['loss']))
 
 

@@ -7,10 +7,9 @@ import pytest
 
 from aigc_jax import data
 from aigc_jax.errors import UserError
-from aigc_jax.methods import ddpm
-from aigc_jax.methods import lm
 from aigc_jax.methods import precision
 from aigc_jax.train import parallel
+from tests.conftest import build
 from tests.conftest import tiny_ddpm_config
 from tests.test_lm import SONNET
 from tests.test_lm import tiny_lm_config
@@ -24,13 +23,12 @@ def test_auto_is_float32_on_cpu_and_names_are_checked():
     precision.compute_dtype('float16')
 
 
-def _losses(method_cls, config, dtype: str, steps: int):
+def _losses(config, dtype: str, steps: int):
   config.model.dtype = dtype
   ds = data.create(config.data, 'train', config.training.batch_size, seed=0, process_index=0, process_count=1,
                    local_devices=1, train=True)
-  method = method_cls(config, parallel.AXIS, ds.info)
-  step = parallel.train_step(method.train_step, parallel.devices(jax.devices()[:1]))
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  _, train_step, state = build(config, ds.info)
+  step = parallel.train_step(train_step, parallel.devices(jax.devices()[:1]))
   losses = []
   for s in range(steps):
     state, metrics = step(state, [ds.batch(s)])
@@ -41,18 +39,18 @@ def _losses(method_cls, config, dtype: str, steps: int):
 @pytest.mark.parametrize('name', ['ddpm', 'lm'])
 def test_bfloat16_loss_curve_matches_float32(name, tmp_path):
   if name == 'ddpm':
-    config, method_cls = tiny_ddpm_config(), ddpm.DDPM
+    config = tiny_ddpm_config()
     config.model.ch = 16
   else:
     path = tmp_path / 'sonnet.txt'
     path.write_text(SONNET, encoding='utf-8')
-    config, method_cls = tiny_lm_config(str(path)), lm.LM
+    config = tiny_lm_config(str(path))
   config.training.batch_size = 32
   config.training.num_train_steps = 40
   config.optim.lr = 3e-3
   config.optim.warmup_steps = 5
-  f32, _ = _losses(method_cls, config, 'float32', 40)
-  bf16, state = _losses(method_cls, config, 'bfloat16', 40)
+  f32, _ = _losses(config, 'float32', 40)
+  bf16, state = _losses(config, 'bfloat16', 40)
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
   assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype(jnp.float32)}
   assert not np.array_equal(f32, bf16)  # bfloat16 really computed

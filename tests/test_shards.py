@@ -90,7 +90,7 @@ def test_single_process_batches_are_unchanged():
   order = np.random.default_rng([3, 0, 0]).permutation(len(ds.images))
   for step in (0, 5):
     np.testing.assert_array_equal(ds.indices(step), order[step * 8:(step + 1) * 8])
-    assert ds.batch(step)['image'].shape == (4, 2, 8, 8, 1)
+    assert ds.batch(step)['images'].shape == (4, 2, 8, 8, 1)
   starts = data.pipeline.TextBatches(np.arange(100), 8, 10, seed=1, process_index=0, process_count=1,
                                      local_devices=2, shuffle=True, info={}).window_starts(3)
   np.testing.assert_array_equal(starts, np.random.default_rng([1, 2, 3]).integers(0, 90, 8))
@@ -104,10 +104,10 @@ def test_processes_draw_their_rows_from_their_own_shards():
   for p, part in enumerate(parts):
     lo, _ = shards.bounds(len(whole_x), p, 2)
     b = part.batch(4)
-    assert b['image'].shape == (2, 2, 8, 8, 1) and b['label'].shape == (2, 2)
+    assert b['images'].shape == (2, 2, 8, 8, 1) and b['labels'].shape == (2, 2)
     expected = whole_x[lo + part.indices(4)].astype(np.float32) / 127.5 - 1.0
-    np.testing.assert_array_equal(b['image'].reshape(-1, 8, 8, 1), expected)
-    np.testing.assert_array_equal(b['image'], data.create(cfg, 'train', 8, process_index=p, **kw).batch(4)['image'])
+    np.testing.assert_array_equal(b['images'].reshape(-1, 8, 8, 1), expected)
+    np.testing.assert_array_equal(b['images'], data.create(cfg, 'train', 8, process_index=p, **kw).batch(4)['images'])
   assert not np.array_equal(parts[0].indices(4), parts[1].indices(4))  # each process has its own stream
   evals = [data.create(cfg, 'test', 8, process_index=p, process_count=2, local_devices=2, seed=3, train=False)
            for p in range(2)]

@@ -11,14 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from aigc_jax import methods
 from aigc_jax.data import images
 from aigc_jax.errors import UserError
 from aigc_jax.methods import pixels
 from aigc_jax.methods import vae
 from aigc_jax.train import loop
 from aigc_jax.train import parallel
+from aigc_jax.train import step as step_lib
 from configs import vae_cifar
 from configs import vae_mnist
+from tests.conftest import build
 from tests.conftest import restore_newest
 from tests.conftest import shrink_training
 
@@ -84,7 +87,7 @@ def test_elbo_below_iwae_below_exact_log_likelihood():
   config = tiny_vae_config()
   config.data.image_size, config.model.hidden, config.model.latents = 2, 8, 1
   method = vae.VAE(config, parallel.AXIS)
-  params = method.init(jax.random.PRNGKey(0)).params
+  params, _ = method.init(jax.random.PRNGKey(0))
   x_XHWC = jnp.asarray(list(itertools.product([-1.0, 1.0], repeat=4)), jnp.float32).reshape(16, 2, 2, 1)
 
   z_G1 = jnp.linspace(-10.0, 10.0, 4001)[:, None]
@@ -117,17 +120,16 @@ def test_elbo_below_iwae_below_exact_log_likelihood():
 def test_4_device_step_equals_1_device_step(make_config):
   config = make_config()
   config.training.ema_rate = 0.5
-  method = vae.VAE(config, parallel.AXIS)
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  method, train_step, state = build(config)
   if config.vae.likelihood == 'bernoulli':
     x = _real_digits(8)
   else:
     x = np.round(np.random.default_rng(0).uniform(0, 255, (8, 8, 8, 3))).astype(np.float32) / 127.5 - 1.0
   results = []
   for devs in (parallel.devices(jax.devices()[:1]), parallel.devices()):
-    step = parallel.train_step(method.train_step, devs, donate=False)
-    evaluate = parallel.eval_step(method.eval_step, devs)
-    batch = {'image': x.reshape((len(devs.local), -1) + x.shape[1:])}
+    step = parallel.train_step(train_step, devs, donate=False)
+    evaluate = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs)
+    batch = {'images': x.reshape((len(devs.local), -1) + x.shape[1:])}
     new_state, metrics = step(state, [batch])
     results.append((new_state, metrics, evaluate(new_state, batch, jax.random.PRNGKey(5))))
   assert len(parallel.devices().local) == 4
@@ -138,15 +140,15 @@ def test_4_device_step_equals_1_device_step(make_config):
 def test_jitted_step_lowers_the_loss_on_real_digits():
   config = tiny_vae_config()
   config.model.hidden, config.model.latents = 64, 8
-  method = vae.VAE(config, parallel.AXIS)
+  method, train_step, state = build(config)
   devs = parallel.devices(jax.devices()[:1])
-  step = parallel.train_step(method.train_step, devs)
-  evaluate = parallel.eval_step(method.eval_step, devs)
-  batch = {'image': _real_digits(64)[None]}
-  state = jax.jit(method.init)(jax.random.PRNGKey(0))
+  step = parallel.train_step(train_step, devs)
+  evaluate = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs)
+  batch = {'images': _real_digits(64)[None]}
 
   def neg_elbo(state):  # of the current (not EMA) params, at fixed draws
-    return evaluate(state.replace(ema_params=state.params), batch, jax.random.PRNGKey(7))['neg_elbo']
+    m = evaluate(state.replace(ema_params=state.params), batch, jax.random.PRNGKey(7))
+    return m['recon'] + m['kl']
 
   before = neg_elbo(state)
   for _ in range(60):
@@ -166,12 +168,12 @@ def test_kl_warmup_ramps_beta():
 
 def test_mnist_config_is_the_flax_example_size():
   method = vae.VAE(vae_mnist.get_config(), parallel.AXIS)
-  params = jax.eval_shape(method.init, jax.random.PRNGKey(0)).params
+  params, _ = jax.eval_shape(method.init, jax.random.PRNGKey(0))
   # 784 -> 500 -> (20, 20); 20 -> 500 -> 784
   assert sum(x.size for x in jax.tree.leaves(params)) == (784 * 500 + 500) + 2 * (500 * 20 + 20) + (
       20 * 500 + 500) + (500 * 784 + 784)
   cifar = vae.VAE(vae_cifar.get_config(), parallel.AXIS)
-  out = jax.eval_shape(lambda: cifar.model.apply({'params': cifar.init(jax.random.PRNGKey(0)).params},
+  out = jax.eval_shape(lambda: cifar.model.apply({'params': cifar.init(jax.random.PRNGKey(0))[0]},
                                                   jnp.zeros((2, 128)), method=cifar.model.decode))
   assert out.shape == (2, 32, 32, 6)  # a logistic's mean and log-scale per subpixel
 
@@ -180,15 +182,15 @@ def test_settings_are_checked_before_compiling():
   config = tiny_vae_config()
   config.data.binarize = 0.0
   with pytest.raises(UserError, match="'bernoulli' needs binary pixels: set data.binarize"):
-    vae.VAE.check_config(config)
+    methods.check_config(config)
   config = tiny_conv_config()
   config.data.image_size = 6
   with pytest.raises(UserError, match='data.image_size=6 must be divisible by 4'):
-    vae.VAE.check_config(config)
+    methods.check_config(config)
   config = tiny_vae_config()
   config.sample.num_examples = 1
   with pytest.raises(UserError, match='sample.num_examples=1 must be 0'):
-    vae.VAE.check_config(config)
+    methods.check_config(config)
 
 
 @pytest.fixture(scope='module')

@@ -31,7 +31,7 @@ class _ProcessBatches:
     self.local_devices = local_devices
 
   def per_device(self, x: np.ndarray) -> np.ndarray:
-    """This process's rows [B/P, ...] as [local_devices, B/(P*L), ...]."""
+    """This process's rows of the global batch as [local devices, rows per device, ...]."""
     return x.reshape((self.local_devices, -1) + x.shape[1:])
 
   def share(self, step: int) -> float:
@@ -45,7 +45,7 @@ class ImageBatches(_ProcessBatches):
 
   `images` are this process's shard of the data set (all of it with one process).
 
-  With `labels`, each batch also holds the images' int32 class labels under 'label'.
+  With `labels`, each batch also holds the images' int32 class labels under 'labels'.
   """
 
   def __init__(self, images: np.ndarray, global_batch: int, *, seed: int, process_index: int,
@@ -82,15 +82,15 @@ class ImageBatches(_ProcessBatches):
     return idx
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of the global batch of `step`: {'image': float32 [L, B/L, H, W, C]} (+ 'label')."""
+    """This process's part of the global batch of `step`: {'images': float32 [devices, B, H, W, C]} (+ 'labels')."""
     idx = self.indices(step)
     x = self.images[idx].astype(np.float32) / 127.5 - 1.0
     if self.random_flip:
       flip = np.random.default_rng([*self.seed, 1, step]).random(self.batch_size) < 0.5
       x[flip] = x[flip, :, ::-1]
     if self.labels is None:
-      return {'image': self.per_device(x)}
-    return {'image': self.per_device(x), 'label': self.per_device(self.labels[idx])}
+      return {'images': self.per_device(x)}
+    return {'images': self.per_device(x), 'labels': self.per_device(self.labels[idx])}
 
 
 class TextBatches(_ProcessBatches):
@@ -100,7 +100,7 @@ class TextBatches(_ProcessBatches):
 
   Training draws window starts uniformly at random (as nanoGPT does); evaluation walks the
   split in consecutive windows whose targets do not overlap, so every token is scored once:
-  its last batch is filled up with windows of weight 0 ('weight', float32 [L, B/L]; 1 for the
+  its last batch is filled up with windows of weight 0 ('weights', float32 [devices, B]; 1 for the
   others), which a method's eval step leaves out of its mean. The tokens after the last whole
   window (fewer than block_size) are not scored. Process shards are equally long, so every
   process has as many batches. `info` is what a method must know of the data (the tokenizer),
@@ -143,10 +143,10 @@ class TextBatches(_ProcessBatches):
     return (pos % self.num_windows) * self.block_size
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of the global batch of `step`: {'tokens': int32 [L, B/L, T+1]} (+ 'weight' to evaluate)."""
+    """This process's part of the global batch of `step`: {'tokens': int32 [devices, B, T+1]} (+ 'weights', eval)."""
     starts = self.window_starts(step)
     x = self.tokens[starts[:, None] + np.arange(self.block_size + 1)]
     if self.shuffle:
       return {'tokens': self.per_device(x.astype(np.int32))}
     real = np.arange(self.batch_size) < self._real_windows(step)
-    return {'tokens': self.per_device(x.astype(np.int32)), 'weight': self.per_device(real.astype(np.float32))}
+    return {'tokens': self.per_device(x.astype(np.int32)), 'weights': self.per_device(real.astype(np.float32))}

@@ -34,7 +34,6 @@ from ml_collections import config_flags
 from aigc_jax import cache
 from aigc_jax import cli
 from aigc_jax import data
-from aigc_jax import methods
 from aigc_jax.errors import UserError
 from aigc_jax.evaluation import features as features_lib
 from aigc_jax.evaluation import metrics
@@ -152,10 +151,10 @@ def _restore(wd: str, info: dict[str, Any], devices: Sequence[jax.Device] | None
   """The net of `info` from the checkpoint of its step in `wd`, built with the config it was trained with."""
   with open(os.path.join(wd, 'config.json')) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  method = methods.get_method(config, parallel.AXIS)
+  method, _, fresh = loop.build(config, {}, {})
   ckpts = checkpoint.Checkpoints(os.path.join(wd, 'checkpoints'), config.training.keep_checkpoints)
   try:
-    state = ckpts.restore(jax.jit(method.init)(jax.random.PRNGKey(0)), step=info['step'])
+    state = ckpts.restore(fresh, step=info['step'])
   finally:
     ckpts.close()
   return FeatureNet(name=info['feature_net'], info=info, image_shape=method.image_shape, model=method.model,

@@ -23,10 +23,14 @@ from aigc_jax.data import tokenizers
 from aigc_jax.errors import UserError
 from aigc_jax.methods import beam_search
 from aigc_jax.methods import precision
+from aigc_jax.methods.base import Batch
+from aigc_jax.methods.base import Method
+from aigc_jax.methods.base import Metrics
 from aigc_jax.models.transformer import Transformer
 from aigc_jax.models.transformer import empty_cache
-from aigc_jax.train import optim
-from aigc_jax.train import state as state_lib
+from aigc_jax.randomness import Rng
+from aigc_jax.rules import Rule
+from aigc_jax.train.state import TrainState
 
 
 def next_token(logits_BV: jax.Array, rng: jax.Array, temperature: float, top_k: int,
@@ -108,22 +112,44 @@ def generate(model: Transformer, params: Any, prompt_BP: jax.Array, rng: jax.Arr
   return seq
 
 
-class LM:
+class LM(Method):
   """Language modelling: `config.model` sizes the Transformer, `data_info` gives its tokenizer."""
 
-  sample_examples = 0  # sampling needs no held-out data
+  DATA_KIND = 'text'
+  RULES = (
+      Rule('model.dtype', lambda c: c.model.dtype in precision.CHOICES,
+           lambda c: f'model.dtype={c.model.dtype!r} is unknown: use one of {", ".join(precision.CHOICES)}'),
+      Rule('model.num_heads', lambda c: c.model.width % c.model.num_heads == 0,
+           'model.num_heads={model.num_heads} must divide model.width={model.width}: change one of them'),
+      Rule('model.dropout', lambda c: 0.0 <= c.model.dropout < 1.0, 'model.dropout={model.dropout} must be in [0, 1)'),
+      Rule('data.block_size', lambda c: c.data.block_size >= 1,
+           'data.block_size={data.block_size} must be positive'),
+      Rule('sample.prompt', lambda c: c.sample.prompt,
+           "sample.prompt is empty: give at least one character to start from, e.g. '\\n'"),
+      Rule('sample.length', lambda c: c.sample.length >= 1, 'sample.length={sample.length} must be positive'),
+      Rule('sample.temperature', lambda c: c.sample.temperature >= 0,
+           'sample.temperature={sample.temperature} must be >= 0 (0: always the most likely token)'),
+      Rule('sample.top_k', lambda c: c.sample.top_k >= 0, 'sample.top_k={sample.top_k} must be >= 0 (0: no top-k filter)'),
+      Rule('sample.top_p', lambda c: 0.0 < c.sample.top_p <= 1.0,
+           'sample.top_p={sample.top_p} must be in (0, 1] (1: no nucleus filter)'),
+      Rule('sample.method', lambda c: c.sample.method in ('sample', 'beam'),
+           "sample.method={sample.method!r} is unknown: use 'sample' (temperature / top-k / top-p) or 'beam' "
+           "(beam search)"),
+      Rule('sample.num_beams', lambda c: c.sample.num_beams >= 1, 'sample.num_beams={sample.num_beams} must be >= 1'),
+      Rule('sample.no_repeat_ngram_size', lambda c: c.sample.no_repeat_ngram_size >= 0,
+           'sample.no_repeat_ngram_size={sample.no_repeat_ngram_size} must be >= 0 (0: no restriction)'),
+  )
 
-  def __init__(self, config: ml_collections.ConfigDict, axis_name: str, data_info: dict[str, str] | None):
-    self.check_config(config)
-    self.axis_name = axis_name
+  def __init__(self, config: ml_collections.ConfigDict, axis_name: str, data_info: dict[str, str] | None = None,
+               parts: dict[str, Any] | None = None):
+    """The prompt and end token must be tokens of the data's tokenizer: checked here, once it is known."""
+    super().__init__(config, axis_name, data_info, parts)
     self.tokenizer = tokenizers.from_info(data_info)
     self.bits_name = f'bits_per_{self.tokenizer.unit}'
     m = config.model
     self.model = Transformer(vocab_size=self.tokenizer.vocab_size, block_size=config.data.block_size,
                              num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
                              dropout=m.dropout, use_bias=m.use_bias, dtype=precision.compute_dtype(m.dtype))
-    self.tx, self.lr_schedule = optim.create(config.optim, config.training.num_train_steps)
-    self.ema_rate = config.training.ema_rate
     s = config.sample
     self.prompt_P = self.tokenizer.encode(s.prompt, what=f'sample.prompt={s.prompt!r}')
     if len(self.prompt_P) > config.data.block_size:
@@ -138,39 +164,9 @@ class LM:
       self.end_id = int(end[0])
     self.sample_cfg = s
 
-  @staticmethod
-  def check_config(config: ml_collections.ConfigDict) -> None:
-    """The model and sampling settings, checked before any data load or compile."""
-    m, s = config.model, config.sample
-    precision.compute_dtype(config.model.dtype)
-    if m.width % m.num_heads:
-      raise UserError(f'model.num_heads={m.num_heads} must divide model.width={m.width}: change one of them')
-    if not 0.0 <= m.dropout < 1.0:
-      raise UserError(f'model.dropout={m.dropout} must be in [0, 1)')
-    if config.data.block_size < 1:
-      raise UserError(f'data.block_size={config.data.block_size} must be positive')
-    if not s.prompt:
-      raise UserError("sample.prompt is empty: give at least one character to start from, e.g. '\\n'")
-    if s.length < 1:
-      raise UserError(f'sample.length={s.length} must be positive')
-    if s.temperature < 0:
-      raise UserError(f'sample.temperature={s.temperature} must be >= 0 (0: always the most likely token)')
-    if s.top_k < 0:
-      raise UserError(f'sample.top_k={s.top_k} must be >= 0 (0: no top-k filter)')
-    if not 0.0 < s.top_p <= 1.0:
-      raise UserError(f'sample.top_p={s.top_p} must be in (0, 1] (1: no nucleus filter)')
-    if s.method not in ('sample', 'beam'):
-      raise UserError(f"sample.method={s.method!r} is unknown: use 'sample' (temperature / top-k / top-p) or "
-                      "'beam' (beam search)")
-    if s.num_beams < 1:
-      raise UserError(f'sample.num_beams={s.num_beams} must be >= 1')
-    if s.no_repeat_ngram_size < 0:
-      raise UserError(f'sample.no_repeat_ngram_size={s.no_repeat_ngram_size} must be >= 0 (0: no restriction)')
-
-  def init(self, rng: jax.Array) -> state_lib.TrainState:
+  def init(self, rng: jax.Array) -> tuple[Any, Any]:
     tok_BT = jnp.zeros((1, self.model.block_size), jnp.int32)
-    params = self.model.init({'params': rng}, tok_BT)['params']
-    return state_lib.create(params, self.tx, jax.random.fold_in(rng, 1))
+    return self.model.init({'params': rng}, tok_BT)['params'], {}
 
   def _losses(self, params: Any, tokens_BT1: jax.Array, train: bool, rng: jax.Array | None = None) -> jax.Array:
     """Cross-entropy [B, T] of each window's tokens 1..T given the ones before them."""
@@ -178,36 +174,20 @@ class LM:
     logits_BTV = self.model.apply({'params': params}, tokens_BT1[:, :-1], train=train, rngs=rngs)
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT1[:, 1:])
 
-  def train_step(self, state: state_lib.TrainState, batch: dict[str, Any],
-                 rng: jax.Array) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(self.axis_name))
-    loss, grads = jax.value_and_grad(lambda p: self._losses(p, batch['tokens'], True, rng).mean())(state.params)
-    grads = jax.lax.pmean(grads, self.axis_name)
-    new_state = state_lib.apply_gradients(state, grads, self.tx, self.ema_rate)
-    loss = jax.lax.pmean(loss, self.axis_name)
-    metrics = {'loss': loss, 'perplexity': jnp.exp(loss), self.bits_name: loss / math.log(2.0),
-               'grad_norm': optax.global_norm(grads), 'lr': self.lr_schedule(state.step)}
-    return new_state, metrics
+  def loss(self, params: Any, batch: Batch, rng: Rng, model_state: Any) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    """The mean next-token cross-entropy of the batch's windows (dropout masks drawn per device)."""
+    return self._losses(params, batch['tokens'], True, rng.device()).mean(), ({}, model_state)
 
-  def eval_step(self, state: state_lib.TrainState, batch: dict[str, Any],
-                rng: jax.Array) -> dict[str, jax.Array]:
-    """Loss and bits per token of the EMA parameters (no dropout); `eval_summary` adds perplexity.
-
-    The mean is over the batch's windows of weight 1 on all devices: those of weight 0 pad the
-    last batch of the split (`TextBatches`).
-    """
+  def eval_step(self, state: TrainState, batch: Batch, rng: Rng) -> Metrics:
+    """The mean loss of each window under the EMA parameters (no dropout): windows that pad the split weigh 0."""
     del rng  # evaluation is deterministic
-    losses_BT = self._losses(state.ema_params, batch['tokens'], False)
-    weight_B = batch.get('weight', jnp.ones(losses_BT.shape[:1], jnp.float32))
-    total = jax.lax.psum(jnp.sum(weight_B * losses_BT.mean(axis=1)), self.axis_name)
-    loss = total / jnp.maximum(jax.lax.psum(jnp.sum(weight_B), self.axis_name), 1.0)
-    return {'loss': loss, self.bits_name: loss / math.log(2.0)}
+    return {'loss': self._losses(state.ema_params, batch['tokens'], False).mean(axis=1)}
 
-  def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
-    """The perplexity of the mean loss (not the mean of per-batch perplexities)."""
-    return {**means, 'perplexity': math.exp(means['loss'])}
+  def summarize(self, means: dict[str, Any]) -> dict[str, Any]:
+    """The perplexity exp(loss) and bits per token loss / ln 2 of the mean loss."""
+    return {**means, 'perplexity': jnp.exp(means['loss']), self.bits_name: means['loss'] / math.log(2.0)}
 
-  def sample(self, state: state_lib.TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
+  def sample(self, state: TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
     """`num` continuations of `sample.prompt` from the EMA parameters.
 
     {'tokens': int32 [num, P + length], 'num_new': int32 [num] new tokens (fewer where beam

@@ -8,7 +8,7 @@ residual stream does not grow with depth. Dropout after the embeddings, on the a
 weights and on each residual branch, as in nanoGPT.
 
 Shapes: B batch, T query positions, S cached positions (= block_size), D width, N heads,
-H head width (D / N), V vocabulary.
+E head width (D / N), V vocabulary.
 """
 
 import math
@@ -18,35 +18,26 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Per layer, the keys and values of every position so far: ([B, S, N, H], [B, S, N, H]).
+from aigc_jax.models import layers
+
+# Per layer, the keys and values of every position so far: ([B, S, N, E], [B, S, N, E]).
 Cache = tuple[tuple[jax.Array, jax.Array], ...]
 
 _init = nn.initializers.normal(0.02)
 
 
-def tokenwise(layer: Callable[[jax.Array], jax.Array], x_BTD: jax.Array) -> jax.Array:
-  """`layer` applied to the B*T tokens as one [B*T, D] matrix.
-
-  XLA:CPU runs a Dense layer and its gradient up to twice as fast on the 2-D token matrix
-  as on [B, T, D] (the gpt_shakespeare_cpu step: 73 -> 50 ms); on accelerators the
-  reshapes are free.
-  """
-  y = layer(x_BTD.reshape(-1, x_BTD.shape[-1]))
-  return y.reshape(x_BTD.shape[:-1] + y.shape[-1:])
-
-
-def causal_attention(q_BTNH: jax.Array, k_BTNH: jax.Array, v_BTNH: jax.Array,
+def causal_attention(q_BTNE: jax.Array, k_BTNE: jax.Array, v_BTNE: jax.Array,
                      dropout: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """softmax(QK^T / sqrt(H)) V over earlier positions, with `dropout` on the attention weights.
+  """softmax(QK^T / sqrt(E)) V over earlier positions, with `dropout` on the attention weights.
 
   `jax.nn.dot_product_attention` has no dropout on the weights; this spelled-out form is
   used only when training with dropout.
   """
-  T, H = q_BTNH.shape[1], q_BTNH.shape[3]
-  logits_BNTS = jnp.einsum('btnh,bsnh->bnts', q_BTNH, k_BTNH).astype(jnp.float32) / math.sqrt(H)
+  T, E = q_BTNE.shape[1], q_BTNE.shape[3]
+  logits_BNTS = jnp.einsum('btne,bsne->bnts', q_BTNE, k_BTNE).astype(jnp.float32) / math.sqrt(E)
   causal_TS = jnp.tril(jnp.ones((T, T), bool))
   w_BNTS = jax.nn.softmax(jnp.where(causal_TS, logits_BNTS, -jnp.inf), axis=-1)
-  return jnp.einsum('bnts,bsnh->btnh', dropout(w_BNTS).astype(v_BTNH.dtype), v_BTNH)
+  return jnp.einsum('bnts,bsne->btne', dropout(w_BNTS).astype(v_BTNE.dtype), v_BTNE)
 
 
 class SelfAttention(nn.Module):
@@ -63,23 +54,23 @@ class SelfAttention(nn.Module):
     """With `cache`, x holds positions pos..pos+T-1, which attend to the cache and themselves."""
     B, T, D = x_BTD.shape
     N = self.num_heads
-    qkv_BT3NH = tokenwise(nn.Dense(3 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='qkv'),
-                           x_BTD).reshape(B, T, 3, N, D // N)
-    q_BTNH, k_BTNH, v_BTNH = qkv_BT3NH[:, :, 0], qkv_BT3NH[:, :, 1], qkv_BT3NH[:, :, 2]
+    qkv_BT3NE = layers.Dense(3 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='qkv')(
+        x_BTD).reshape(B, T, 3, N, D // N)
+    q_BTNE, k_BTNE, v_BTNE = qkv_BT3NE[:, :, 0], qkv_BT3NE[:, :, 1], qkv_BT3NE[:, :, 2]
     if cache is not None:
-      k_BSNH = jax.lax.dynamic_update_slice(cache[0], k_BTNH.astype(cache[0].dtype), (0, pos, 0, 0))
-      v_BSNH = jax.lax.dynamic_update_slice(cache[1], v_BTNH.astype(cache[1].dtype), (0, pos, 0, 0))
-      S = k_BSNH.shape[1]
+      k_BSNE = jax.lax.dynamic_update_slice(cache[0], k_BTNE.astype(cache[0].dtype), (0, pos, 0, 0))
+      v_BSNE = jax.lax.dynamic_update_slice(cache[1], v_BTNE.astype(cache[1].dtype), (0, pos, 0, 0))
+      S = k_BSNE.shape[1]
       visible_TS = jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None]
-      y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSNH, v_BSNH, mask=visible_TS[None, None])
-      cache = (k_BSNH, v_BSNH)
+      y_BTNE = jax.nn.dot_product_attention(q_BTNE, k_BSNE, v_BSNE, mask=visible_TS[None, None])
+      cache = (k_BSNE, v_BSNE)
     elif train and self.dropout > 0:
-      y_BTNH = causal_attention(q_BTNH, k_BTNH, v_BTNH,
+      y_BTNE = causal_attention(q_BTNE, k_BTNE, v_BTNE,
                                 lambda w: nn.Dropout(self.dropout)(w, deterministic=False))
     else:
-      y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTNH, v_BTNH, is_causal=True)
-    y_BTD = tokenwise(nn.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
-                                name='out'), y_BTNH.reshape(B, T, D))
+      y_BTNE = jax.nn.dot_product_attention(q_BTNE, k_BTNE, v_BTNE, is_causal=True)
+    y_BTD = layers.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
+                         name='out')(y_BTNE.reshape(B, T, D))
     return nn.Dropout(self.dropout)(y_BTD, deterministic=not train), cache
 
 
@@ -95,14 +86,15 @@ class Block(nn.Module):
   def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
                pos: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     D = x_BTD.shape[-1]
-    h_BTD = tokenwise(nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='attn_norm'), x_BTD)
+    h_BTD = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='attn_norm')(x_BTD)
     h_BTD, cache = SelfAttention(self.num_heads, self.dropout, self.residual_init, self.use_bias,
                                  self.dtype, name='attn')(h_BTD, train, cache, pos)
     x_BTD = x_BTD + h_BTD
-    mlp_norm = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='mlp_norm')
-    mlp_in = nn.Dense(4 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='mlp_in')
-    mlp_out = nn.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype, name='mlp_out')
-    h_BTD = tokenwise(lambda x_ND: mlp_out(nn.gelu(mlp_in(mlp_norm(x_ND)))), x_BTD)
+    mlp_norm = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='mlp_norm')
+    mlp_in = layers.Dense(4 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='mlp_in')
+    mlp_out = layers.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
+                           name='mlp_out')
+    h_BTD = mlp_out(nn.gelu(mlp_in(mlp_norm(x_BTD))))
     return x_BTD + nn.Dropout(self.dropout)(h_BTD, deterministic=not train), cache
 
 
@@ -130,12 +122,12 @@ class Transformer(nn.Module):
 
   def setup(self):
     residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.num_layers))
-    self.token_embed = nn.Embed(self.vocab_size, self.width, embedding_init=_init, dtype=self.dtype)
+    self.token_embed = layers.Embed(self.vocab_size, self.width, embedding_init=_init, dtype=self.dtype)
     self.pos_embed = nn.Embed(self.block_size, self.width, embedding_init=_init, dtype=self.dtype)
     self.embed_dropout = nn.Dropout(self.dropout)
     self.blocks = [Block(self.num_heads, self.dropout, residual_init, self.use_bias, self.dtype)
                    for _ in range(self.num_layers)]
-    self.final_norm = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype)
+    self.final_norm = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype)
 
   def _embed(self, tok_BT: jax.Array, pos: jax.Array | int, train: bool) -> jax.Array:
     pos_T = pos + jnp.arange(tok_BT.shape[1])
@@ -143,7 +135,7 @@ class Transformer(nn.Module):
     return self.embed_dropout(x_BTD, deterministic=not train)
 
   def _logits(self, x_BTD: jax.Array) -> jax.Array:
-    return tokenwise(lambda x_ND: self.token_embed.attend(self.final_norm(x_ND)), x_BTD).astype(jnp.float32)
+    return self.token_embed.attend(self.final_norm(x_BTD)).astype(jnp.float32)
 
   def __call__(self, tok_BT: jax.Array, train: bool = False) -> jax.Array:
     """float32 logits [B, T, V] of the token after each of the T <= block_size positions."""

@@ -21,11 +21,11 @@ def timestep_embedding(t_B: jax.Array, dim: int) -> jax.Array:
   """Sinusoidal embedding of (integer) timesteps, [B] -> [B, dim] (Transformer style)."""
   half = dim // 2
   freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
-  args_BH = t_B.astype(jnp.float32)[:, None] * freqs[None, :]
-  emb = jnp.concatenate([jnp.sin(args_BH), jnp.cos(args_BH)], axis=1)
+  args_BF = t_B.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb_BD = jnp.concatenate([jnp.sin(args_BF), jnp.cos(args_BF)], axis=1)
   if dim % 2:
-    emb = jnp.pad(emb, ((0, 0), (0, 1)))
-  return emb
+    emb_BD = jnp.pad(emb_BD, ((0, 0), (0, 1)))
+  return emb_BD
 
 
 def _conv(features: int, dtype: Any, strides: int = 1, init=_default_init) -> nn.Conv:
@@ -41,11 +41,11 @@ class ResBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array, temb_BE: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x_BHWC: jax.Array, temb_BD: jax.Array, train: bool) -> jax.Array:
     h = nn.swish(nn.GroupNorm(self.num_groups, dtype=self.dtype)(x_BHWC))
     h = _conv(self.out_ch, self.dtype)(h)
     h = h + nn.Dense(self.out_ch, kernel_init=_default_init, dtype=self.dtype)(
-        nn.swish(temb_BE))[:, None, None, :]
+        nn.swish(temb_BD))[:, None, None, :]
     h = nn.swish(nn.GroupNorm(self.num_groups, dtype=self.dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = _conv(self.out_ch, self.dtype, init=_zero_init)(h)
@@ -62,10 +62,10 @@ class AttnBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     B, H, W, C = x_BHWC.shape
-    h = nn.GroupNorm(self.num_groups, dtype=self.dtype)(x_BHWC).reshape(B, H * W, 1, C)
-    q, k, v = (nn.Dense(C, kernel_init=_default_init, dtype=self.dtype)(h) for _ in range(3))
-    h = jax.nn.dot_product_attention(q, k, v).reshape(B, H, W, C)
-    return x_BHWC + nn.Dense(C, kernel_init=_zero_init, dtype=self.dtype)(h)
+    h_BT1C = nn.GroupNorm(self.num_groups, dtype=self.dtype)(x_BHWC).reshape(B, H * W, 1, C)  # T = H * W positions
+    q_BT1C, k_BT1C, v_BT1C = (nn.Dense(C, kernel_init=_default_init, dtype=self.dtype)(h_BT1C) for _ in range(3))
+    h_BHWC = jax.nn.dot_product_attention(q_BT1C, k_BT1C, v_BT1C).reshape(B, H, W, C)
+    return x_BHWC + nn.Dense(C, kernel_init=_zero_init, dtype=self.dtype)(h_BHWC)
 
 
 class UNet(nn.Module):
@@ -95,41 +95,41 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, t_B: jax.Array, train: bool,
-               label_B: jax.Array | None = None) -> jax.Array:
-    """`label_B` (int32 [B], num_classes for the null class) is required when num_classes > 0."""
-    temb = timestep_embedding(t_B, self.ch)
-    temb = nn.Dense(4 * self.ch, kernel_init=_default_init, dtype=self.dtype)(temb)
-    temb = nn.Dense(4 * self.ch, kernel_init=_default_init, dtype=self.dtype)(nn.swish(temb))
+               labels_B: jax.Array | None = None) -> jax.Array:
+    """`labels_B` (int32 [B], num_classes for the null class) is required when num_classes > 0."""
+    temb_BD = timestep_embedding(t_B, self.ch)
+    temb_BD = nn.Dense(4 * self.ch, kernel_init=_default_init, dtype=self.dtype)(temb_BD)
+    temb_BD = nn.Dense(4 * self.ch, kernel_init=_default_init, dtype=self.dtype)(nn.swish(temb_BD))
     if self.num_classes:
-      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name='label_embed')(label_B)
+      temb_BD = temb_BD + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name='label_embed')(labels_B)
 
-    def res(h, out_ch):
-      return ResBlock(out_ch, self.dropout, self.num_groups, self.dtype)(h, temb, train)
+    def res(h_BHWC, out_ch):
+      return ResBlock(out_ch, self.dropout, self.num_groups, self.dtype)(h_BHWC, temb_BD, train)
 
-    def attn_if(h):
-      if h.shape[1] in self.attn_resolutions:
-        return AttnBlock(self.num_groups, self.dtype)(h)
-      return h
+    def attn_if(h_BHWC):
+      if h_BHWC.shape[1] in self.attn_resolutions:
+        return AttnBlock(self.num_groups, self.dtype)(h_BHWC)
+      return h_BHWC
 
-    hs = [_conv(self.ch, self.dtype)(x_BHWC)]
+    skips_BHWC = [_conv(self.ch, self.dtype)(x_BHWC)]
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
-        hs.append(attn_if(res(hs[-1], self.ch * mult)))
+        skips_BHWC.append(attn_if(res(skips_BHWC[-1], self.ch * mult)))
       if level != len(self.ch_mult) - 1:
-        hs.append(_conv(hs[-1].shape[-1], self.dtype, strides=2)(hs[-1]))
+        skips_BHWC.append(_conv(skips_BHWC[-1].shape[-1], self.dtype, strides=2)(skips_BHWC[-1]))
 
-    h = res(hs[-1], hs[-1].shape[-1])
-    h = AttnBlock(self.num_groups, self.dtype)(h)
-    h = res(h, h.shape[-1])
+    h_BHWC = res(skips_BHWC[-1], skips_BHWC[-1].shape[-1])
+    h_BHWC = AttnBlock(self.num_groups, self.dtype)(h_BHWC)
+    h_BHWC = res(h_BHWC, h_BHWC.shape[-1])
 
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
-        h = attn_if(res(jnp.concatenate([h, hs.pop()], axis=-1), self.ch * mult))
+        h_BHWC = attn_if(res(jnp.concatenate([h_BHWC, skips_BHWC.pop()], axis=-1), self.ch * mult))
       if level != 0:
-        B, H, W, C = h.shape
-        h = jax.image.resize(h, (B, 2 * H, 2 * W, C), 'nearest')
-        h = _conv(C, self.dtype)(h)
-    assert not hs, 'every down-path activation is consumed by a skip connection'
+        B, H, W, C = h_BHWC.shape
+        h_BHWC = jax.image.resize(h_BHWC, (B, 2 * H, 2 * W, C), 'nearest')
+        h_BHWC = _conv(C, self.dtype)(h_BHWC)
+    assert not skips_BHWC, 'every down-path activation is consumed by a skip connection'
 
-    h = nn.swish(nn.GroupNorm(self.num_groups, dtype=self.dtype)(h))
-    return _conv(self.out_ch, self.dtype, init=_zero_init)(h).astype(jnp.float32)
+    h_BHWC = nn.swish(nn.GroupNorm(self.num_groups, dtype=self.dtype)(h_BHWC))
+    return _conv(self.out_ch, self.dtype, init=_zero_init)(h_BHWC).astype(jnp.float32)

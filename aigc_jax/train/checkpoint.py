@@ -1,9 +1,13 @@
 """Save and restore the whole train state, and the data's info, with Orbax's CheckpointManager.
 
-Each step holds two items: the train state (in the item Orbax calls 'default', where
-single-item checkpoints keep it, so those still restore) and `data_info`, the JSON the data
+Each step holds three items: the train state (in the item Orbax calls 'default', where
+single-item checkpoints keep it, so those still restore), `data_info`, the JSON the data
 pipeline describes itself with (the LM's tokenizer and vocabulary), so `--mode=sample` can
-rebuild the model without reading any data.
+rebuild the model without reading any data, and `run`, the JSON of the train state's layout
+(`state.LAYOUT`) and of the parts the run took from other runs (train/parts.py), so that a
+resumed or sampled run rebuilds exactly those. Checkpoints written before `run` existed have
+layout 1 and no parts; a checkpoint of another layout is refused with one line, never read
+into the wrong fields or passed over for a fresh start.
 
 Saves are asynchronous (the device-to-host copy happens before `save` returns; the
 writing goes on in the background) and atomic (Orbax writes a temporary folder and
@@ -28,22 +32,31 @@ from typing import Any, Iterator
 import orbax.checkpoint as ocp
 
 from aigc_jax.errors import UserError
+from aigc_jax.train import state as state_lib
 
 _STATE = 'default'
 _DATA_INFO = 'data_info'
+_RUN = 'run'
 _SETTLE_S = 2.0  # after a failed write: time for the other writes under way to fail before the error is told
 
 
 class Checkpoints:
-  """The checkpoints of one run in `directory`, keeping the newest `keep`."""
+  """The checkpoints of one run in `directory`, keeping the newest `keep`.
 
-  def __init__(self, directory: str, keep: int):
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-        create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True)
+  `read_only` opens another run's checkpoints (a part's, train/parts.py) without touching
+  them: nothing is created, cleaned up or deleted there.
+  """
+
+  def __init__(self, directory: str, keep: int, read_only: bool = False):
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+          create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True)
     self.directory = os.path.abspath(directory)
     _OrbaxTracebacks.install()
-    self.manager = ocp.CheckpointManager(self.directory, item_names=(_STATE, _DATA_INFO), options=options)
+    self.manager = ocp.CheckpointManager(self.directory, item_names=(_STATE, _DATA_INFO, _RUN), options=options)
     self._writing: int | None = None  # the step whose asynchronous write may still be under way
     # Orbax removes the unfinished folders of killed runs in a thread of its own; a program that stops
     # on bad input right after this would end under it and print its traceback. Let it finish first.
@@ -54,13 +67,18 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, data_info: dict[str, Any]) -> None:
-    """Starts writing `step` (the previous write is waited for first); returns once the state is on the host."""
+  def save(self, step: int, state: Any, data_info: dict[str, Any], parts: dict[str, Any] | None = None) -> None:
+    """Starts writing `step` (the previous write is waited for first); returns once the state is on the host.
+
+    `parts` are the records of the parts the state holds (train/parts.py), saved with the layout.
+    """
     self.wait()
     self._writing = step
+    run = {'layout': state_lib.LAYOUT, 'parts': parts or {}}
     with self._failed_write_is_an_error():
       self.manager.save(step, args=ocp.args.Composite(
-          **{_STATE: ocp.args.StandardSave(state), _DATA_INFO: ocp.args.JsonSave(data_info)}), force=True)
+          **{_STATE: ocp.args.StandardSave(state), _DATA_INFO: ocp.args.JsonSave(data_info),
+             _RUN: ocp.args.JsonSave(run)}), force=True)
 
   def wait(self) -> None:
     """Waits until the last save is on disk; a UserError if it could not be written."""
@@ -91,21 +109,46 @@ class Checkpoints:
                       f'{kept}: free disk space or make the folder writable, then rerun the same command to '
                       'resume') from None
 
+  def _json(self, item: str, step: int) -> dict[str, Any] | None:
+    """The JSON item `item` of `step`; None where the step was written before it existed."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), item)):
+      return None
+    return dict(self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item])
+
   def data_info(self) -> dict[str, Any] | None:
     """The data info of the newest step that has a readable one; {} if none has; None without checkpoints."""
     steps = self.steps()
     if not steps:
       return None
     for s in reversed(steps):
-      if not os.path.isdir(os.path.join(self.directory, str(s), _DATA_INFO)):
-        return {}  # a single-item checkpoint, written before steps carried data info
       try:
-        return dict(self.manager.restore(s, args=ocp.args.Composite(**{_DATA_INFO: ocp.args.JsonRestore()}))[
-            _DATA_INFO])
+        info = self._json(_DATA_INFO, s)
+        return {} if info is None else info  # None: a single-item checkpoint, written before steps carried data info
       except Exception as e:  # an unreadable or older checkpoint: try the one before it
         logging.warning('data_info of checkpoint %s is unreadable (%s); trying an earlier one', s,
                         type(e).__name__)
     return {}
+
+  def run_info(self, step: int | None = None) -> dict[str, Any]:
+    """The layout and part records of `step` (default: the newest step whose record reads); {} without checkpoints.
+
+    Steps written before the record existed read as layout 1 with no parts.
+    """
+    for s in ([step] if step is not None else list(reversed(self.steps()))):
+      try:
+        info = self._json(_RUN, s)
+        return {'layout': 1, 'parts': {}} if info is None else info
+      except Exception as e:  # an unreadable checkpoint: try the one before it
+        logging.warning('the run record of checkpoint %s is unreadable (%s); trying an earlier one', s,
+                        type(e).__name__)
+    return {}
+
+  def _check_layout(self, step: int) -> None:
+    layout = self.run_info(step).get('layout', state_lib.LAYOUT)
+    if layout != state_lib.LAYOUT:
+      raise UserError(f'the checkpoint of step {step} in {self.directory} holds a train state of layout {layout}, '
+                      f'and this aigc_jax reads layout {state_lib.LAYOUT}: use the aigc_jax version that wrote it, '
+                      'or a new workdir')
 
   def restore(self, target: Any, step: int | None = None) -> Any | None:
     """The state at `step` (default: the newest readable step) shaped like `target`; None if there are none.
@@ -118,6 +161,7 @@ class Checkpoints:
     errors = []
     _quiet_abandoned_io()  # before the first read: the echoes of a failing one start while it fails
     for s in steps:
+      self._check_layout(s)
       try:
         return self.manager.restore(s, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))[
             _STATE]

@@ -1,13 +1,13 @@
 """The one training loop, plus the sample and eval entry points that read its checkpoints.
 
 train: init or restore -> pmapped steps -> log / sample / checkpoint at their intervals ->
-final checkpoint. It calls the method only through the `Method` protocol and never asks
-which method it runs.
+final checkpoint. It trains every method with the one shared step (`step.py`), calls the
+method only through `methods.base.Method` and never asks which method it runs.
 """
 
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import ml_collections
@@ -15,12 +15,17 @@ import numpy as np
 
 from aigc_jax import data
 from aigc_jax import methods
+from aigc_jax import rules
 from aigc_jax.errors import UserError
+from aigc_jax.methods.base import Method
+from aigc_jax.rules import Rule
 from aigc_jax.train import checkpoint
 from aigc_jax.train import nonfinite
 from aigc_jax.train import parallel
+from aigc_jax.train import parts as parts_lib
 from aigc_jax.train import preemption
 from aigc_jax.train import state as state_lib
+from aigc_jax.train import step as step_lib
 from aigc_jax.train import writers
 
 
@@ -47,27 +52,53 @@ def process_age() -> float | None:
     return None
 
 
+def _required(key: str) -> Rule:
+  section, name = key.split('.')
+  return Rule(key, lambda c: c[section][name] is not None,
+              f'{key} is not set: give it in the config (configs/default.py leaves it to each experiment)')
+
+
+def _positive(key: str) -> Rule:
+  section, name = key.split('.')
+  return Rule(key, lambda c: c[section][name] > 0, f'{key}={{{key}}} must be positive')
+
+
+def _multiple_of_call(key: str) -> Rule:
+  return Rule(key, lambda c: c.training[key.split('.')[1]] % c.training.steps_per_call == 0,
+              f'{key}={{{key}}} must be a multiple of training.steps_per_call={{training.steps_per_call}}: change one '
+              'of them')
+
+
+RULES = (
+    _required('training.batch_size'), _required('training.num_train_steps'), _required('optim.lr'),
+    *(_positive(f'training.{k}') for k in ('num_train_steps', 'log_every', 'checkpoint_every', 'steps_per_call',
+                                           'keep_checkpoints')),
+    *(Rule(f'training.{k}', lambda c, k=k: c.training[k] >= 0,
+           f'training.{k}={{training.{k}}} must be >= 0 (0: never during training)')
+      for k in ('sample_every', 'eval_every')),
+    *(_multiple_of_call(f'training.{k}') for k in ('log_every', 'checkpoint_every', 'sample_every', 'eval_every')),
+)
+"""The loop's own settings, checked before anything loads or compiles."""
+
+
 def validate(config: ml_collections.ConfigDict, devs: parallel.Devices) -> None:
-  """Checks the loop's own settings before anything loads or compiles."""
-  t = config.training
-  parallel.check_batch(t.batch_size, devs)
-  if t.eval_every:
+  """Checks the loop's own settings (and the batch's split over the devices) before anything loads or compiles."""
+  rules.check(config, RULES, 'the training loop')
+  parallel.check_batch(config.training.batch_size, devs)
+  if config.training.eval_every:
     parallel.check_batch(config.eval.batch_size, devs, key='eval.batch_size')
-  for key in ('num_train_steps', 'log_every', 'checkpoint_every', 'steps_per_call', 'keep_checkpoints'):
-    if t[key] <= 0:
-      raise UserError(f'training.{key}={t[key]} must be positive')
-  for key in ('sample_every', 'eval_every'):
-    if t[key] < 0:
-      raise UserError(f'training.{key}={t[key]} must be >= 0 (0: never during training)')
-  for key in ('log_every', 'checkpoint_every', 'sample_every', 'eval_every'):
-    if t[key] % t.steps_per_call:
-      raise UserError(f'training.{key}={t[key]} must be a multiple of training.steps_per_call='
-                      f'{t.steps_per_call}: change one of them')
+
+
+class Setup(NamedTuple):
+  devs: parallel.Devices
+  ckpts: checkpoint.Checkpoints
+  parts: dict[str, parts_lib.Part]
+  recorded: Sequence[str]  # the parts the run's checkpoints hold
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None,
-           training: bool = False) -> tuple[parallel.Devices, checkpoint.Checkpoints]:
-  """Devices and the run's checkpoints, after validating the loop's and the method's settings.
+           training: bool = False) -> Setup:
+  """Devices, the run's checkpoints and its parts, after validating the loop's, the method's and the parts' settings.
 
   Only training makes a workdir: eval and sample on one without checkpoints (a mistyped path) leave no folders.
   """
@@ -78,14 +109,30 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[ja
   writers.check_writable(workdir)
   methods.check_config(config)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), config.training.keep_checkpoints)
-  return devs, ckpts
+  recorded = ckpts.run_info().get('parts', {})
+  return Setup(devs, ckpts, parts_lib.resolve(config, parallel.AXIS, recorded), tuple(recorded))
 
 
-def init_method(config: ml_collections.ConfigDict,
-                data_info: dict[str, Any]) -> tuple[methods.Method, state_lib.TrainState]:
-  """The method for this data, and a fresh train state."""
-  method = methods.get_method(config, parallel.AXIS, data_info)
-  return method, jax.jit(method.init)(jax.random.PRNGKey(config.seed))
+class Built(NamedTuple):
+  """What a run trains, samples or evaluates: the method, its train step and a fresh state (with its parts)."""
+  method: Method
+  step: step_lib.TrainStep
+  state: state_lib.TrainState
+
+
+def build(config: ml_collections.ConfigDict, data_info: dict[str, Any], parts: dict[str, parts_lib.Part],
+          recorded: Sequence[str] = ()) -> Built:
+  """The method for this data and these parts, its train step, and a fresh train state holding the parts' params.
+
+  Parts `recorded` by the run's checkpoints get placeholders, which restoring the checkpoint
+  fills with the params the run trained with; the others are read from their runs.
+  """
+  method = methods.get_method(config, parallel.AXIS, data_info, parts)
+  train_step = step_lib.build(method, config, parallel.AXIS)
+  state = jax.jit(train_step.init)(jax.random.PRNGKey(config.seed))
+  state = parts_lib.attach(state, {name: parts_lib.placeholders(p) if name in recorded else parts_lib.load(p)
+                                   for name, p in parts.items()})
+  return Built(method, train_step, state)
 
 
 def train_data(config: ml_collections.ConfigDict, devs: parallel.Devices,
@@ -111,7 +158,7 @@ def _restore_latest(ckpts: checkpoint.Checkpoints, state: Any, workdir: str) -> 
   return restored
 
 
-def _held_out_examples(config: ml_collections.ConfigDict, method: methods.Method,
+def _held_out_examples(config: ml_collections.ConfigDict, method: Method,
                        data_info: dict[str, Any]) -> dict[str, Any] | None:
   """The first `method.sample_examples` examples of the eval split, the same whole batch in every process.
 
@@ -128,7 +175,7 @@ def _held_out_examples(config: ml_collections.ConfigDict, method: methods.Method
   return {k: v[0] for k, v in ds.batch(0).items()}
 
 
-def _sampler(method: methods.Method, devs: parallel.Devices, num: int,
+def _sampler(method: Method, devs: parallel.Devices, num: int,
              examples: dict[str, Any] | None) -> Callable:
   """(state, rng) -> `num` samples, plus what the method makes of the held-out `examples` if any."""
   draw = parallel.sampler(method.sample, devs, num)
@@ -162,10 +209,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           devices: Sequence[jax.Device] | None = None) -> state_lib.TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final state."""
   setup_start = time.time()
-  devs, ckpts = _setup(config, workdir, devices, training=True)
-  t = config.training
+  devs, ckpts, parts, recorded = _setup(config, workdir, devices, training=True)
+  training = config.training
   ds = train_data(config, devs, ckpts.data_info())
-  method, state = init_method(config, ds.info)
+  method, train_step, state = build(config, ds.info, parts, recorded)
   restored = ckpts.restore(state)
   state = parallel.replicate(state if restored is None else restored, devs)
   step = int(state.step)
@@ -181,20 +228,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     writers.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     writer = writers.MetricsWriter(workdir, resume_step=step)
   _say(f'{config.method}: {state_lib.param_count(state.params):,} parameters on {devs.kind}; '
-       f'global batch {t.batch_size}; ' +
+       f'global batch {training.batch_size}; ' +
        (f'resuming from step {step}' if restored is not None else 'starting from step 0') +
-       f' of {t.num_train_steps}')
+       f' of {training.num_train_steps}')
+  for name, part in parts.items():
+    _say(f'part {name}: the {part.config.method} run {part.workdir} at step {part.step}, frozen')
 
-  p_train = parallel.train_step(method.train_step, devs, t.steps_per_call, skip_nonfinite=t.skip_nonfinite)
-  watch = nonfinite.Watch(t.skip_nonfinite)
-  eval_ds = _eval_data(config, devs, ds.info) if t.eval_every else None
-  p_eval = parallel.eval_step(method.eval_step, devs) if t.eval_every else None
-  n_quality = config.eval.num_samples_in_training if t.eval_every else 0
+  p_train = parallel.train_step(train_step, devs, training.steps_per_call)
+  watch = nonfinite.Watch(training.skip_nonfinite)
+  eval_ds = _eval_data(config, devs, ds.info) if training.eval_every else None
+  p_eval = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs) if training.eval_every else None
+  n_quality = config.eval.num_samples_in_training if training.eval_every else 0
   quality_sampler = _quality_sampler(config, method, devs, n_quality) if n_quality > 0 else None
   p_sample = (_sampler(method, devs, config.sample.num, _held_out_examples(config, method, ds.info))
-              if t.sample_every else None)
+              if training.sample_every else None)
   calls = parallel.prefetch(([ds.batch(s) for s in range(a, b)] for a, b in
-                             _call_bounds(step, t.num_train_steps, t.steps_per_call)), devs, t.steps_per_call)
+                             _call_bounds(step, training.num_train_steps, training.steps_per_call)), devs, training.steps_per_call)
   start_step, start_time = step, time.time()
   last_step, last_time = step, start_time
 
@@ -219,10 +268,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     last_time += time.time() - sample_start  # steps/s and ETA count training time only
 
   def eval_due(s: int) -> bool:
-    return eval_ds is not None and (s % t.eval_every == 0 or s == t.num_train_steps)
+    return eval_ds is not None and (s % training.eval_every == 0 or s == training.num_train_steps)
 
   def sample_due(s: int) -> bool:
-    return bool(p_sample) and s % t.sample_every == 0
+    return bool(p_sample) and s % training.sample_every == 0
 
   # A run stopped (or killed) after the checkpoint of an eval or sample step but before its eval or
   # samples would never make them: make them first. Process 0 reads the workdir; all agree.
@@ -235,7 +284,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   notice = preemption.Notice()
   notice.install()
   try:
-    while step < t.num_train_steps:
+    while step < training.num_train_steps:
       inputs = next(calls)
       state, metrics = p_train(state, inputs)
       watch.add(metrics)
@@ -245,37 +294,37 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         _say(f'first step done {time.time() - setup_start:.1f}s after the run started (data, init, compile)' +
              (f', {age:.1f}s after the command' if age is not None else ''))
       step += inputs.steps
-      done = step == t.num_train_steps
-      do_log = step % t.log_every == 0 or done
+      done = step == training.num_train_steps
+      do_log = step % training.log_every == 0 or done
       # A signal may reach only some processes, at different steps: they agree at log steps, so
       # all checkpoint and stop at the same one (one process checks after every call).
       stopping = (not done and (do_log or devs.process_count == 1) and
                   parallel.any_process(notice.received is not None, devs))
-      do_ckpt = step % t.checkpoint_every == 0 or done or stopping
+      do_ckpt = step % training.checkpoint_every == 0 or done or stopping
       if do_log or do_ckpt:
         metrics = watch.read(last_ckpt)  # raises on a non-finite step since the last read, unless skipping
       if do_log:
         now = time.time()
         rate = (step - last_step) / (now - last_time)
         metrics['steps_per_sec'] = rate
-        metrics['examples_per_sec'] = rate * t.batch_size
+        metrics['examples_per_sec'] = rate * training.batch_size
         throughput = f'{metrics["examples_per_sec"]:.1f} examples/s'
         if ds.tokens_per_example:
           metrics['tokens_per_sec'] = metrics['examples_per_sec'] * ds.tokens_per_example
           throughput += f' | {metrics["tokens_per_sec"]:.0f} tokens/s'
         skipped = ''
-        if t.skip_nonfinite:
+        if training.skip_nonfinite:
           metrics[nonfinite.SKIPPED] = watch.take_skipped()
           skipped = f' | {metrics[nonfinite.SKIPPED]:.0f} non-finite steps skipped'
         if writer:
           writer.write(step, metrics)
         first = ' (incl. compile)' if last_step == start_step else ''
-        _say(f'step {step}/{t.num_train_steps} | loss {metrics["loss"]:.5f} | {rate:.2f} steps/s{first} | '
+        _say(f'step {step}/{training.num_train_steps} | loss {metrics["loss"]:.5f} | {rate:.2f} steps/s{first} | '
              f'{throughput} | '
-             f'ETA {_format_duration((t.num_train_steps - step) / rate)}{skipped}')
+             f'ETA {_format_duration((training.num_train_steps - step) / rate)}{skipped}')
         last_step, last_time = step, now
       if do_ckpt:
-        ckpts.save(step, state, ds.info)
+        ckpts.save(step, state, ds.info, parts_lib.records(parts))
         last_ckpt = step
       if stopping:
         ckpts.wait()
@@ -291,7 +340,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     ckpts.close()  # a failing or interrupted run still completes the checkpoint it was writing
     if writer:
       writer.close()
-  if step >= t.num_train_steps:
+  if step >= training.num_train_steps:
     _say(f'done: step {step} in {_format_duration(time.time() - start_time)}; '
          f'checkpoints at steps {ckpts.steps()} in {workdir}/checkpoints')
   return state
@@ -305,9 +354,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   method's sampler wants held-out examples (`Method.sample_examples`). Returns the decoded
   samples (`Method.decode_samples`).
   """
-  devs, ckpts = _setup(config, workdir, devices)
+  devs, ckpts, parts, recorded = _setup(config, workdir, devices)
   data_info = _checkpointed_data_info(ckpts, workdir)
-  method, state = init_method(config, data_info)
+  method, _, state = build(config, data_info, parts, recorded)
   state = _restore_latest(ckpts, state, workdir)
   step = int(state.step)
   start = time.time()
@@ -321,9 +370,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   return outputs
 
 
-def _held_out_metrics(config: ml_collections.ConfigDict, method: methods.Method, state: Any,
+def _held_out_metrics(config: ml_collections.ConfigDict, method: Method, state: Any,
                       p_eval: Callable, ds: Any) -> dict[str, float]:
-  """The method's eval_step metrics (p_eval, mapped) over `eval.num_batches` batches (0: all) of `ds`.
+  """The method's eval metrics (p_eval, mapped) over `eval.num_batches` batches (0: all) of `ds`, summarized.
 
   Each batch counts by its share of real examples (`ds.share`: a padded last batch, less).
   """
@@ -338,17 +387,18 @@ def _held_out_metrics(config: ml_collections.ConfigDict, method: methods.Method,
     for k, v in p_eval(state, ds.batch(i), jax.random.fold_in(rng, i)).items():
       totals[k] = totals.get(k, 0.0) + float(v) * shares[i]
   means = {k: v / sum(shares) for k, v in totals.items()}
-  return {'num_examples': round(sum(shares) * e.batch_size), **method.eval_summary(means)}
+  return {'num_examples': round(sum(shares) * e.batch_size),
+          **{k: float(v) for k, v in method.summarize(means).items()}}
 
 
-def _quality_sampler(config: ml_collections.ConfigDict, method: methods.Method, devs: parallel.Devices,
+def _quality_sampler(config: ml_collections.ConfigDict, method: Method, devs: parallel.Devices,
                      num: int) -> tuple[Callable, int]:
   """The sampler `_sample_quality` draws `num` samples with, and the samples per call."""
   per_call = min(num, config.eval.sample_batch)
   return parallel.sampler(method.sample, devs, per_call), per_call
 
 
-def _sample_quality(config: ml_collections.ConfigDict, method: methods.Method, state: Any,
+def _sample_quality(config: ml_collections.ConfigDict, method: Method, state: Any,
                     devs: parallel.Devices, num: int, sampler: tuple[Callable, int]) -> dict[str, float]:
   """FID / IS / KID of `num` samples under every feature network at hand; {} for non-image samples.
 
@@ -386,13 +436,14 @@ def _eval_data(config: ml_collections.ConfigDict, devs: parallel.Devices, data_i
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
   """The newest checkpoint's held-out metrics (and, with eval.num_samples, sample quality) to eval_<step>.json."""
-  devs, ckpts = _setup(config, workdir, devices)
+  devs, ckpts, parts, recorded = _setup(config, workdir, devices)
   ds = _eval_data(config, devs, _checkpointed_data_info(ckpts, workdir))
-  method, state = init_method(config, ds.info)
+  method, _, state = build(config, ds.info, parts, recorded)
   state = _restore_latest(ckpts, state, workdir)
   ckpts.close()
   step = int(state.step)
-  metrics = _held_out_metrics(config, method, state, parallel.eval_step(method.eval_step, devs), ds)
+  metrics = _held_out_metrics(config, method, state,
+                              parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs), ds)
   n = config.eval.num_samples
   if n > 0:
     metrics.update(_sample_quality(config, method, state, devs, n, _quality_sampler(config, method, devs, n)))

@@ -13,12 +13,13 @@ one forever); the skipped steps are counted in the metrics (`SKIPPED`).
 """
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from aigc_jax.errors import UserError
+from aigc_jax.train import state as state_lib
 
 COUNT = 'nonfinite_steps'
 FIRST = 'first_nonfinite_step'
@@ -31,23 +32,22 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def guard(step_fn: Callable, skip: bool, axis_name: str) -> Callable:
-  """`step_fn(state, batch, rng) -> (state, metrics)` that flags, and with `skip` undoes, non-finite steps.
+def guard(state: Any, new_state: Any, metrics: dict[str, jax.Array], skip: bool,
+          axis_name: str) -> tuple[Any, dict[str, jax.Array]]:
+  """The step from `state` to `new_state` flagged, and with `skip` undone, if it is non-finite.
 
   A step is non-finite when any metric (the loss, the gradient norm, ...) or any float leaf
-  of the new state (params, EMA, optimizer and model state) is NaN or infinite; the verdict
-  is the same on every device.
+  of the new state (params, EMA, optimizer and model state; the frozen parts are left out)
+  is NaN or infinite; the verdict is the same on every device. Undone, the state keeps its
+  old values but takes the new step counter.
   """
-  def guarded(state, batch, rng):
-    new_state, metrics = step_fn(state, batch, rng)
-    bad = ~(_all_finite(metrics) & _all_finite(new_state))
-    bad = jax.lax.pmax(bad.astype(jnp.int32), axis_name) > 0
-    if skip:
-      new_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), new_state, state).replace(
-          step=new_state.step)
-    flags = {COUNT: bad.astype(jnp.int32), FIRST: jnp.where(bad, state.step + 1, -1).astype(jnp.int32)}
-    return new_state, {**metrics, **flags}
-  return guarded
+  bad = ~(_all_finite(metrics) & _all_finite(state_lib.trained(new_state)))
+  bad = jax.lax.pmax(bad.astype(jnp.int32), axis_name) > 0
+  if skip:
+    new_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), new_state, state).replace(
+        step=new_state.step)
+  flags = {COUNT: bad.astype(jnp.int32), FIRST: jnp.where(bad, state.step + 1, -1).astype(jnp.int32)}
+  return new_state, {**metrics, **flags}
 
 
 def reduce_over_steps(metrics_K: dict[str, jax.Array], skip: bool) -> dict[str, jax.Array]:

@@ -1,7 +1,7 @@
 """The only module that knows about devices and processes, and the only one that calls `jax.pmap`.
 
-Methods write their steps for one device and reduce with `jax.lax.pmean(x, AXIS)`; this module
-maps them over the local devices. Train state goes in unreplicated (`in_axes=None`) and
+The shared train and eval steps (`train/step.py`) are written for one device and reduce with
+`jax.lax.pmean(x, AXIS)`; this module maps them over the local devices. Train state goes in unreplicated (`in_axes=None`) and
 comes back as one array replicated over the devices (`out_axes=None`), so the rest of the
 code never sees a device axis on the state; batches carry a leading [devices] axis.
 
@@ -15,7 +15,7 @@ import collections
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +23,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from aigc_jax.errors import UserError
-from aigc_jax.train import nonfinite
 
 AXIS = 'batch'
+
+
+class Step(Protocol):
+  """The shared train step (`train/step.TrainStep`), as this module maps it."""
+
+  def __call__(self, state: Any, batch: Any) -> tuple[Any, dict[str, jax.Array]]: ...
+
+  def reduce_over_steps(self, metrics_K: dict[str, jax.Array]) -> dict[str, jax.Array]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,29 +138,20 @@ def check_batch(global_batch: int, devs: Devices, key: str = 'training.batch_siz
   return global_batch // devs.global_count
 
 
-def _keyed(step_fn: Callable, skip_nonfinite: bool = False) -> Callable:
-  """step_fn with the key of the state's step, fold_in(state.rng, state.step), and non-finite steps flagged.
-
-  With `skip_nonfinite` a non-finite step keeps the old state but advances the step (`nonfinite.guard`).
-  """
-  guarded = nonfinite.guard(step_fn, skip_nonfinite, AXIS)
-  return lambda state, batch: guarded(state, batch, jax.random.fold_in(state.rng, state.step))
-
-
 def _pmapped_step(fn: Callable, devs: Devices, donate: bool) -> Callable:
   """fn(state, batch) over the local devices: state unreplicated in, replicated out."""
   return jax.pmap(fn, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None),
                   devices=devs.mapped, donate_argnums=(0,) if donate else ())
 
 
-def compiled_train_step(step_fn: Callable, devs: Devices, state: Any, batch: Any,
+def compiled_train_step(step: Step, devs: Devices, state: Any, batch: Any,
                         donate: bool = True) -> tuple[Callable, dict[str, float]]:
   """The one-step program `train_step` runs, compiled ahead of time for these shapes, and its cost.
 
   The cost is XLA's analysis of the per-device program ('flops', 'bytes accessed', ...),
   for benchmarks; calling the compiled step runs exactly what training runs.
   """
-  compiled = _pmapped_step(_keyed(step_fn), devs, donate).lower(state, batch).compile()
+  compiled = _pmapped_step(lambda s, b: step(s, b), devs, donate).lower(state, batch).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return compiled, {k: float(v) for k, v in (cost or {}).items() if isinstance(v, (int, float))}
@@ -202,26 +200,23 @@ def prefetch(calls: Iterator[Sequence[Any]], devs: Devices, steps_per_call: int 
     yield queue.popleft()
 
 
-def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
-               donate: bool = True, skip_nonfinite: bool = False) -> Callable:
-  """Maps `step_fn(state, batch, rng) -> (state, metrics)` over devices, k steps per call.
+def train_step(step: Step, devs: Devices, steps_per_call: int = 1, donate: bool = True) -> Callable:
+  """Maps the shared train step (`train/step.py`: `step(state, batch) -> (state, metrics)`) over devices, k steps a call.
 
   The returned function takes the state and one call's batches: a list of per-step host
-  batches (each [devices, per_device, ...]) or `StepInputs` from `to_devices`/`prefetch`;
-  step s draws its randomness from fold_in(state.rng, s). With k > 1 a full call runs in
-  one `lax.scan`; its metrics, and a short call's, are averaged over its steps (`nonfinite.reduce_over_steps`).
-  On CPUs the scan is unrolled: XLA:CPU runs a UNet's gradient inside a loop 8-40x slower than the same step unrolled
-  (measured on ddpm_digits), at the price of compiling k copies of the step. Metrics carry
-  the non-finite flags of `nonfinite.guard` (skipping such steps with `skip_nonfinite`).
+  batches (each [devices, per_device, ...]) or `StepInputs` from `to_devices`/`prefetch`.
+  With k > 1 a full call runs in one `lax.scan`; its metrics, and a short call's, are
+  averaged over its steps (`step.reduce_over_steps`). On CPUs the scan is unrolled: XLA:CPU
+  runs a UNet's gradient inside a loop 8-40x slower than the same step unrolled (measured on
+  ddpm_digits), at the price of compiling k copies of the step.
   """
-  one_step = _keyed(step_fn, skip_nonfinite)
   unroll = devs.local[0].platform == 'cpu'
 
   def multi_step(state, batches):
-    state, metrics = jax.lax.scan(one_step, state, batches, unroll=unroll)
-    return state, nonfinite.reduce_over_steps(metrics, skip_nonfinite)
+    state, metrics = jax.lax.scan(lambda s, b: step(s, b), state, batches, unroll=unroll)
+    return state, step.reduce_over_steps(metrics)
 
-  single = _pmapped_step(one_step, devs, donate)
+  single = _pmapped_step(lambda s, b: step(s, b), devs, donate)
   multi = _pmapped_step(multi_step, devs, donate) if steps_per_call > 1 else None
 
   def run(state, inputs: StepInputs | Sequence[Any]):
@@ -235,7 +230,7 @@ def train_step(step_fn: Callable, devs: Devices, steps_per_call: int = 1,
       state, metrics = single(state, batch)
       per_step.append(metrics)
     if len(per_step) > 1:  # one call's metrics, as a scanned call reduces them
-      metrics = nonfinite.reduce_over_steps(jax.tree.map(lambda *m: jnp.stack(m), *per_step), skip_nonfinite)
+      metrics = step.reduce_over_steps(jax.tree.map(lambda *m: jnp.stack(m), *per_step))
     return _global(state, devs), metrics
   return run
 

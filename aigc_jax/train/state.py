@@ -4,8 +4,12 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
-import optax
+
+LAYOUT = 1
+"""The layout of TrainState in checkpoints; a checkpoint of another layout is refused with one line (checkpoint.py)."""
+
+PARTS = 'parts'
+"""The key of `model_state` that holds the frozen params of other runs' models (train/parts.py)."""
 
 
 @flax.struct.dataclass
@@ -14,14 +18,15 @@ class TrainState:
 
   Attributes:
     step: number of optimizer steps taken (int32 scalar).
-    params: the trained parameters (for GANs a dict of both networks' parameters).
-    ema_params: exponential moving average of `params` (a GAN's: of its generator's), what
-      samplers use.
-    opt_state: the optax optimizer state (for GANs a dict of both networks' states).
+    params: the trained parameters; a method of several networks (a GAN) keeps a dict of them.
+    ema_params: exponential moving average of the params of the network samplers use (all of
+      `params` for a one-network method; a GAN's generator's).
+    opt_state: the optax optimizer state (for several networks a dict of their states, keyed like `params`).
     rng: raw uint32[2] key; step s draws its randomness from fold_in(rng, s), so a
       resumed run sees the same random stream an uninterrupted one would.
-    model_state: variables the model updates without an optimizer, such as BatchNorm's
-      running statistics ({} for models that have none).
+    model_state: variables no optimizer updates: BatchNorm's running statistics (which the
+      losses update) and, under PARTS, the frozen params of other runs' models (which nothing
+      updates); {} for methods that have neither.
   """
   step: jax.Array
   params: Any
@@ -40,22 +45,8 @@ def param_count(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
-def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation,
-                    ema_rate: float) -> TrainState:
-  """One optimizer step on `state.params`, then the EMA; advances `state.step`."""
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       ema_params=ema_update(state.ema_params, params, ema_rate))
-
-
-def create(params: Any, tx: optax.GradientTransformation | dict[str, optax.GradientTransformation],
-           rng: jax.Array, model_state: Any = None) -> TrainState:
-  """A fresh state at step 0 whose EMA starts at `params`.
-
-  `tx` is one optimizer, or a dict of optimizers keyed like `params` (a GAN's generator and
-  discriminator), each then with its own state.
-  """
-  opt_state = {k: t.init(params[k]) for k, t in tx.items()} if isinstance(tx, dict) else tx.init(params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=opt_state,
-                    rng=rng, model_state={} if model_state is None else model_state)
+def trained(state: TrainState) -> TrainState:
+  """`state` without the frozen parts: what a step changes, and what the non-finite guard judges."""
+  if not isinstance(state.model_state, dict) or PARTS not in state.model_state:
+    return state
+  return state.replace(model_state={k: v for k, v in state.model_state.items() if k != PARTS})

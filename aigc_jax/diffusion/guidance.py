@@ -1,0 +1,26 @@
+"""Classifier-free guidance (Ho & Salimans 2022): one network both conditional and unconditional.
+
+Training replaces each example's condition by the "null" one with a fixed probability
+(methods/labels.py), so the same network learns eps(x, c) and eps(x, null). Sampling mixes
+the two predictions, eps = (1 + w) eps(x, c) - w eps(x, null), with both computed in one
+forward pass over the doubled batch.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from aigc_jax.diffusion.prediction import Denoiser
+
+
+def guided(eps_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], labels_B: jax.Array, scale: float,
+           null_label: int) -> Denoiser:
+  """The denoiser (1 + scale) eps(x, c) - scale eps(x, null), from one call of `eps_fn(x, t, labels)` on the doubled
+  batch."""
+  def eps(x: jax.Array, t_B: jax.Array) -> jax.Array:
+    B = x.shape[0]
+    eps_2B = eps_fn(jnp.concatenate([x, x]), jnp.concatenate([t_B, t_B]),
+                    jnp.concatenate([labels_B, jnp.full((B,), null_label, jnp.int32)]))
+    return (1.0 + scale) * eps_2B[:B] - scale * eps_2B[B:]
+  return eps
