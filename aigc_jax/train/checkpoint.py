@@ -48,15 +48,21 @@ class Checkpoints:
   """
 
   def __init__(self, directory: str, keep: int, read_only: bool = False):
-    if read_only:
-      options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False)
-    else:
-      options = ocp.CheckpointManagerOptions(
-          preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-          create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True)
-    self.directory = os.path.abspath(directory)
-    _OrbaxTracebacks.install()
-    self.manager = ocp.CheckpointManager(self.directory, item_names=(_STATE, _DATA_INFO, _RUN), options=options)
+    absl_logger = logging.getLogger('absl')
+    level = absl_logger.level
+    try:
+      if read_only:  # Orbax warns that a read-only manager saves nothing and that the folder is read-only: we know
+        absl_logger.setLevel(logging.ERROR)
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False)
+      else:
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+            create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True)
+      self.directory = os.path.abspath(directory)
+      _OrbaxTracebacks.install()
+      self.manager = ocp.CheckpointManager(self.directory, item_names=(_STATE, _DATA_INFO, _RUN), options=options)
+    finally:
+      absl_logger.setLevel(level)
     self._writing: int | None = None  # the step whose asynchronous write may still be under way
     # Orbax removes the unfinished folders of killed runs in a thread of its own; a program that stops
     # on bad input right after this would end under it and print its traceback. Let it finish first.

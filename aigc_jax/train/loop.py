@@ -90,6 +90,7 @@ def validate(config: ml_collections.ConfigDict, devs: parallel.Devices) -> None:
 
 
 class Setup(NamedTuple):
+  """Where a run stands before it builds anything: its devices, checkpoints and resolved parts."""
   devs: parallel.Devices
   ckpts: checkpoint.Checkpoints
   parts: dict[str, parts_lib.Part]
