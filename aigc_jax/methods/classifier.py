@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from aigc_jax.errors import UserError
+from aigc_jax.methods import labels
 from aigc_jax.methods.base import Batch
 from aigc_jax.methods.base import Method
 from aigc_jax.methods.base import Metrics
@@ -21,13 +21,6 @@ from aigc_jax.models.classifier import CNN
 from aigc_jax.randomness import Rng
 from aigc_jax.rules import Rule
 from aigc_jax.train.state import TrainState
-
-
-def _labels(batch: Batch) -> jax.Array:
-  if 'labels' not in batch:
-    raise UserError('the classifier needs labelled images, but this data source has none: '
-                    'use one with labels (an .npz needs a `labels` array)')
-  return batch['labels']
 
 
 class Classifier(Method):
@@ -64,7 +57,7 @@ class Classifier(Method):
   def _losses_and_hits(self, params: Any, batch: Batch, train: bool,
                        rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Per image [B]: the cross-entropy, and whether the most likely class is its label."""
-    labels_B = _labels(batch)
+    labels_B = labels.of(batch, 'the classifier')
     rngs = {'dropout': rng} if train else {}
     logits_BK, _ = self.model.apply({'params': params}, batch['images'], train=train, rngs=rngs)
     losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B)

@@ -119,7 +119,9 @@ class DDPM(Method):
 
   def _labels(self, batch: Batch) -> jax.Array | None:
     """The batch's class labels for a class-conditional model, None for an unconditional one."""
-    return labels.of(batch, self.num_classes) if self.num_classes else None
+    if not self.num_classes:
+      return None
+    return labels.of(batch, f'model.num_classes={self.num_classes}', ' or set model.num_classes=0')
 
   def _noised(self, x0_BHWC: jax.Array, keys_B: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(x_t, t, noise), each example's t and noise drawn from its own key."""

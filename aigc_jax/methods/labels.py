@@ -1,4 +1,5 @@
-"""Class labels of class-conditional methods: dropped to the null class in training, cycled through in sampling.
+"""Class labels: read from a batch; for class-conditional methods dropped to the null class in training, cycled
+through in sampling.
 
 Both are keyed by each example's index in the global batch, so a batch split over N devices
 gets the same labels as on one.
@@ -12,11 +13,11 @@ import jax.numpy as jnp
 from aigc_jax.errors import UserError
 
 
-def of(batch: dict[str, jax.Array], num_classes: int) -> jax.Array:
-  """The batch's int32 class labels [B], or a clear error when its data source has none."""
+def of(batch: dict[str, jax.Array], who: str, otherwise: str = '') -> jax.Array:
+  """The batch's int32 class labels [B], or a clear error, naming `who` needs them, when its data source has none."""
   if 'labels' not in batch:
-    raise UserError(f'model.num_classes={num_classes} needs labelled images, but this data source has none: use '
-                    'one with labels (an .npz needs a `labels` array) or set model.num_classes=0')
+    raise UserError(f'{who} needs labelled images, but this data source has none: use one with labels (an .npz '
+                    f'needs a `labels` array){otherwise}')
   return batch['labels']
 
 

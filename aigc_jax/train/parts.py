@@ -100,7 +100,8 @@ def resolve(config: ml_collections.ConfigDict, axis_name: str,
     key, value = f'parts.{name}', given.get(name, '')
     if name in recorded:
       r = recorded[name]
-      if value and (parse(value)[0] != r['workdir'] or parse(value)[1] not in (None, r['step'])):
+      named_workdir, named_step = parse(value) if value else (r['workdir'], None)
+      if named_workdir != r['workdir'] or named_step not in (None, r['step']):
         raise UserError(f'{key}={value}, but this run trained with {r["workdir"]}@{r["step"]} (saved with its '
                         f'checkpoints): set {key} back to it (or leave it empty), or use a new workdir')
       workdir, step, data_info = r['workdir'], r['step'], r['data_info']
@@ -125,15 +126,15 @@ def resolve(config: ml_collections.ConfigDict, axis_name: str,
   return parts
 
 
-def _ema_shapes(part: Part) -> Any:
-  """The shapes and dtypes of the part's EMA params, from its config alone."""
+def _state_shapes(part: Part) -> Any:
+  """The shapes and dtypes of the train state of the part's run, from its config alone."""
   train = step_lib.build(part.method, part.config, part.method.axis_name)
   return jax.eval_shape(train.init, jax.random.PRNGKey(0))
 
 
 def load(part: Part) -> Any:
   """The EMA params of the part's checkpoint, as host arrays, read without touching its run."""
-  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _ema_shapes(part))
+  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _state_shapes(part))
   ckpts = checkpoint.Checkpoints(os.path.join(part.workdir, 'checkpoints'), 1, read_only=True)
   try:
     state = ckpts.restore(target, step=part.step)
@@ -147,7 +148,7 @@ def load(part: Part) -> Any:
 
 def placeholders(part: Part) -> Any:
   """Zeros shaped like the part's EMA params: what a checkpoint that holds the part restores into."""
-  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _ema_shapes(part).ema_params)
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _state_shapes(part).ema_params)
 
 
 def attach(state: state_lib.TrainState, params: dict[str, Any]) -> state_lib.TrainState:
