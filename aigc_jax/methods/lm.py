@@ -116,8 +116,8 @@ class LM(Method):
     if not self.init_from:
       return state
     _, params = gpt2.load(self.init_from, self.model.block_size)
-    params = jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), params, state.params)
-    return state.replace(params=params, ema_params=params)
+    on_device = lambda: jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), params, state.params)
+    return state.replace(params=on_device(), ema_params=on_device())  # two buffers: the step donates both
 
   def _losses(self, params: Any, tokens_BT1: jax.Array, train: bool, rng: jax.Array | None = None) -> jax.Array:
     """Cross-entropy [B, T] of each window's tokens 1..T given the ones before them."""

@@ -233,9 +233,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     writer = writers.MetricsWriter(workdir, resume_step=step)
   _say(f'{config.method}: {state_lib.param_count(state.params):,} parameters on {devs.kind}; '
        f'global batch {training.batch_size}; ' +
-       (f'resuming from step {step}' if restored is not None else 'starting from step 0' +
-        (f' with the weights of init_from={config.init_from}' if config.init_from else '')) +
-       f' of {training.num_train_steps}')
+       (f'resuming from step {step}' if restored is not None else 'starting from step 0') +
+       f' of {training.num_train_steps}' +
+       (f', with the weights of init_from={config.init_from}' if restored is None and config.init_from else ''))
   for name, part in parts.items():
     _say(f'part {name}: the {part.config.method} run {part.workdir} at step {part.step}, frozen')
 
