@@ -201,12 +201,13 @@ def export(workdir: str, out: str) -> int:
 
 def main(argv: list[str]) -> None:
   from absl import flags
+  from absl import logging
+  from aigc_jax import cli
   if len(argv) != 2 or argv[1] != 'export':
     raise SystemExit('usage: python -m aigc_jax.interop.gpt2 export --workdir=W --out=DIR')
-  try:
-    step = export(flags.FLAGS.workdir, flags.FLAGS.out)
-  except UserError as e:
-    raise SystemExit(f'error: {e}') from None
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # no Orbax INFO lines
+  step = cli.run(export, flags.FLAGS.workdir, flags.FLAGS.out)
   print(f'wrote step {step} of {flags.FLAGS.workdir} as a GPT-2 checkpoint into {flags.FLAGS.out}')
 
 

@@ -105,6 +105,9 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[ja
   """
   devs = parallel.devices(devices)
   validate(config, devs)
+  if config.init_from and not os.path.isdir(config.init_from):
+    raise UserError(f'init_from={config.init_from!r} is not a folder: point it to a Hugging Face GPT-2 folder '
+                    '(config.json, model.safetensors or pytorch_model.bin, tokenizer files)')
   if config.init_from and config.data.get('tokenizer') == 'bpe' and not config.data.bpe_dir:
     config.data.bpe_dir = config.init_from  # the tokenizer files of the checkpoint
   if not training and not config.init_from and not os.path.isdir(os.path.join(workdir, 'checkpoints')):
