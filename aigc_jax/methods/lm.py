@@ -1,13 +1,13 @@
-"""A decoder-only Transformer language model: next-token cross-entropy, and sampling with a KV cache.
+"""A decoder-only Transformer language model: next-token cross-entropy, and decoding as transformers' generate.
 
 Metrics are the mean next-token loss (nats), its perplexity exp(loss), and bits per
-character or byte (loss / ln 2, one token being one character or byte). Sampling continues
-`sample.prompt` for `sample.length` tokens in one jitted program: the prompt fills the
-cache in one call, a `lax.scan` then adds one token per step attending to the cache, and
-past `data.block_size` positions a second scan re-reads the last block_size tokens at
-every step (the position embedding ends there, so cached keys cannot be reused).
-`sample.kv_cache=False` recomputes every token's whole context instead: the slow reference.
-`sample.method='beam'` decodes by beam search (`beam_search.py`) instead of sampling.
+character, byte or BPE token (loss / ln 2). Sampling continues `sample.prompt` by
+`sample.method`: 'sample' (temperature / top-k / top-p) or 'greedy' (`generation.py`, one jitted
+program with a key/value cache, past `data.block_size` re-reading the last block_size tokens), or
+'beam' (`beam_search.py`), for `sample.length` new tokens or up to `sample.max_length` in all, a row
+ending at `sample.end_token`. `sample.kv_cache=False` recomputes every token's whole context instead:
+the slow reference. With `init_from` (a Hugging Face GPT-2 folder, `interop/gpt2.py`) the model's
+shape is that checkpoint's, and a fresh run starts from its weights.
 """
 
 import math
