@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from aigc_jax.methods import generation
-from aigc_jax.methods import lm
 from aigc_jax.methods.beam_search import beam_search
 from aigc_jax.methods.beam_search import repeated_ngram_tokens
 from aigc_jax.models.transformer import Transformer

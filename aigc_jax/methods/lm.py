@@ -30,7 +30,6 @@ from aigc_jax.methods.base import Method
 from aigc_jax.methods.base import Metrics
 from aigc_jax.models.transformer import ACTIVATIONS
 from aigc_jax.models.transformer import Transformer
-from aigc_jax.models.transformer import empty_cache
 from aigc_jax.randomness import Rng
 from aigc_jax.rules import Rule
 from aigc_jax.train.state import TrainState
