@@ -8,6 +8,8 @@ past `data.block_size` positions a second scan re-reads the last block_size toke
 every step (the position embedding ends there, so cached keys cannot be reused).
 `sample.kv_cache=False` recomputes every token's whole context instead: the slow reference.
 `sample.method='beam'` decodes by beam search (`beam_search.py`) instead of sampling.
+`lm.objective='masked'` trains a bidirectional masked-token model instead, decoded by
+`sample.method='maskgit'` (`masked.py`).
 """
 
 import math
@@ -22,6 +24,7 @@ import optax
 from aigc_jax.data import tokenizers
 from aigc_jax.errors import UserError
 from aigc_jax.methods import beam_search
+from aigc_jax.methods import masked
 from aigc_jax.methods import precision
 from aigc_jax.methods.base import Batch
 from aigc_jax.methods.base import Method
@@ -124,7 +127,7 @@ class LM(Method):
       Rule('model.dropout', lambda c: 0.0 <= c.model.dropout < 1.0, 'model.dropout={model.dropout} must be in [0, 1)'),
       Rule('data.block_size', lambda c: c.data.block_size >= 1,
            'data.block_size={data.block_size} must be positive'),
-      Rule('sample.prompt', lambda c: c.sample.prompt,
+      Rule('sample.prompt', lambda c: c.sample.prompt or c.sample.method == 'maskgit',
            "sample.prompt is empty: give at least one character to start from, e.g. '\\n'"),
       Rule('sample.length', lambda c: c.sample.length >= 1, 'sample.length={sample.length} must be positive'),
       Rule('sample.temperature', lambda c: c.sample.temperature >= 0,
@@ -132,12 +135,14 @@ class LM(Method):
       Rule('sample.top_k', lambda c: c.sample.top_k >= 0, 'sample.top_k={sample.top_k} must be >= 0 (0: no top-k filter)'),
       Rule('sample.top_p', lambda c: 0.0 < c.sample.top_p <= 1.0,
            'sample.top_p={sample.top_p} must be in (0, 1] (1: no nucleus filter)'),
-      Rule('sample.method', lambda c: c.sample.method in ('sample', 'beam'),
-           "sample.method={sample.method!r} is unknown: use 'sample' (temperature / top-k / top-p) or 'beam' "
-           "(beam search)"),
-      Rule('sample.num_beams', lambda c: c.sample.num_beams >= 1, 'sample.num_beams={sample.num_beams} must be >= 1'),
-      Rule('sample.no_repeat_ngram_size', lambda c: c.sample.no_repeat_ngram_size >= 0,
+      Rule('sample.method', lambda c: c.sample.method in ('sample', 'beam', 'maskgit'),
+           "sample.method={sample.method!r} is unknown: use 'sample' (temperature / top-k / top-p), 'beam' "
+           "(beam search) or 'maskgit' (a masked model's parallel decoding)"),
+      Rule('sample.num_beams', lambda c: c.sample.method != 'beam' or c.sample.num_beams >= 1,
+           'sample.num_beams={sample.num_beams} must be >= 1'),
+      Rule('sample.no_repeat_ngram_size', lambda c: c.sample.method != 'beam' or c.sample.no_repeat_ngram_size >= 0,
            'sample.no_repeat_ngram_size={sample.no_repeat_ngram_size} must be >= 0 (0: no restriction)'),
+      *masked.RULES,
   )
 
   def __init__(self, config: ml_collections.ConfigDict, axis_name: str, data_info: dict[str, str] | None = None,
@@ -147,16 +152,22 @@ class LM(Method):
     self.tokenizer = tokenizers.from_info(data_info)
     self.bits_name = f'bits_per_{self.tokenizer.unit}'
     m = config.model
-    self.model = Transformer(vocab_size=self.tokenizer.vocab_size, block_size=config.data.block_size,
+    is_masked = masked.objective(config) == 'masked'
+    self.mask_id = self.tokenizer.vocab_size  # a masked model's [MASK] token, after the tokenizer's
+    self.model = Transformer(vocab_size=self.tokenizer.vocab_size + is_masked, block_size=config.data.block_size,
                              num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
-                             dropout=m.dropout, use_bias=m.use_bias, dtype=precision.compute_dtype(m.dtype))
+                             dropout=m.dropout, use_bias=m.use_bias, dtype=precision.compute_dtype(m.dtype),
+                             causal=not is_masked)
+    self.masked = masked.MaskedObjective(config, self.model, self.mask_id, axis_name) if is_masked else None
     s = config.sample
     self.prompt_P = self.tokenizer.encode(s.prompt, what=f'sample.prompt={s.prompt!r}')
     if len(self.prompt_P) > config.data.block_size:
       raise UserError(f'sample.prompt is {len(self.prompt_P)} tokens, longer than data.block_size='
                       f'{config.data.block_size}: shorten it')
+    self.canvas_L = (masked.canvas(self.tokenizer, s, self.prompt_P, self.mask_id, config.data.block_size)
+                     if s.method == 'maskgit' else None)
     self.end_id = None
-    if s.end_token:
+    if s.method != 'maskgit' and s.end_token:
       end = self.tokenizer.encode(s.end_token, what=f'sample.end_token={s.end_token!r}')
       if len(end) != 1:
         raise UserError(f'sample.end_token={s.end_token!r} is {len(end)} tokens, not one: give a single '
@@ -176,15 +187,22 @@ class LM(Method):
 
   def loss(self, params: Any, batch: Batch, rng: Rng, model_state: Any) -> tuple[jax.Array, tuple[Metrics, Any]]:
     """The mean next-token cross-entropy of the batch's windows (dropout masks drawn per device)."""
+    if self.masked:
+      loss, metrics = self.masked.loss(params, batch['tokens'], rng)
+      return loss, (metrics, model_state)
     return self._losses(params, batch['tokens'], True, rng.device()).mean(), ({}, model_state)
 
   def eval_step(self, state: TrainState, batch: Batch, rng: Rng) -> Metrics:
     """The mean loss of each window under the EMA parameters (no dropout): windows that pad the split weigh 0."""
+    if self.masked:  # masks keyed by the eval batch and example: the same every evaluation
+      return self.masked.eval_metrics(state.ema_params, batch['tokens'], rng)
     del rng  # evaluation is deterministic
     return {'loss': self._losses(state.ema_params, batch['tokens'], False).mean(axis=1)}
 
   def summarize(self, means: dict[str, Any]) -> dict[str, Any]:
     """The perplexity exp(loss) and bits per token loss / ln 2 of the mean loss."""
+    if self.masked:
+      return masked.summarize(means)
     return {**means, 'perplexity': jnp.exp(means['loss']), self.bits_name: means['loss'] / math.log(2.0)}
 
   def sample(self, state: TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
@@ -195,6 +213,17 @@ class LM(Method):
     under the model}. Beam search is deterministic: its `num` continuations are the same one.
     """
     s = self.sample_cfg
+    if s.method == 'maskgit':
+      def logits_fn(tok_BL):
+        return masked.predictions(self.model.apply({'params': state.ema_params}, tok_BL), self.mask_id)
+
+      def draw(logits_NV, key):
+        return next_token(logits_NV, key, s.temperature, s.top_k, s.top_p)
+
+      tok_BL, logp_BL, _ = masked.maskgit(logits_fn, self.canvas_L, num, rng, s.steps, draw, s.confidence_noise,
+                                          self.mask_id)
+      num_new = int(np.sum(self.canvas_L == self.mask_id))
+      return {'tokens': tok_BL, 'num_new': jnp.full((num,), num_new, jnp.int32), 'logprob': logp_BL.sum(axis=1)}
     if s.method == 'beam':
       beams = beam_search.beam_search(self.model, state.ema_params, jnp.asarray(self.prompt_P)[None], s.length,
                                       s.num_beams, s.length_penalty, s.no_repeat_ngram_size, self.end_id)
@@ -211,6 +240,9 @@ class LM(Method):
 
     {'text': [num strings], 'logprob_per_token': float [num]}; text stops after the end token.
     """
+    if self.canvas_L is not None:  # maskgit: the whole canvas is the text
+      return {'text': [self.tokenizer.decode(row) for row in samples['tokens']],
+              'logprob_per_token': np.asarray(samples['logprob']) / np.asarray(samples['num_new'])}
     P = len(self.prompt_P)
     return {'text': [self.tokenizer.decode(row[:P + n]) for row, n in zip(samples['tokens'], samples['num_new'])],
             'logprob_per_token': np.asarray(samples['logprob']) / np.asarray(samples['num_new'])}
