@@ -34,12 +34,13 @@ V = 11  # real tokens; id V is [MASK]
 
 
 def tiny_mlm_config(text_file: str):
-  """mlm_shakespeare_cpu shrunk to compile and run in seconds: 2 layers of width 32, context 16."""
+  """mlm_shakespeare_cpu shrunk to compile and run in seconds: 1 layer of width 32, context 16."""
   config = shrink_training(mlm_shakespeare_cpu.get_config())
   config.data.text_file = text_file
   config.data.block_size = BLOCK
-  config.model.update({'num_layers': 2, 'num_heads': 2, 'width': 32})
+  config.model.update({'num_layers': 1, 'num_heads': 2, 'width': 32})
   config.lm.pll_positions = 4
+  config.training.sample_every = 0
   config.sample.update({'num': 3, 'length': BLOCK - 2, 'prompt': 'Sh', 'steps': 4})
   config.eval.num_batches = 1
   return config
@@ -60,7 +61,7 @@ def config(sonnet_file):
 @pytest.fixture(scope='module')
 def bidirectional():
   """A tiny bidirectional Transformer over V tokens and [MASK], random weights, and its jitted real-token logits."""
-  model = Transformer(vocab_size=V + 1, block_size=BLOCK, num_layers=2, num_heads=2, width=32, causal=False)
+  model = Transformer(vocab_size=V + 1, block_size=BLOCK, num_layers=1, num_heads=2, width=32, causal=False)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, BLOCK), jnp.int32))['params']
   logits = jax.jit(lambda tok: masked.predictions(model.apply({'params': params}, tok), V))
   return model, params, logits
@@ -80,31 +81,39 @@ def test_attention_is_bidirectional(bidirectional):
 
 
 def test_loss_ignores_unmasked_positions():
-  logits = jax.random.normal(jax.random.PRNGKey(3), (2, BLOCK, V))
-  tok = jax.random.randint(jax.random.PRNGKey(4), (2, BLOCK), 0, V)
-  picked = masked.pick(jax.random.split(jax.random.PRNGKey(5), 2), jnp.array([0.25, 0.5]), BLOCK)
-  grad = jax.grad(lambda lg: jnp.sum(masked.masked_cross_entropy(lg, tok, picked)[0]))(logits)
+  logits = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (2, BLOCK, V)))
+  tok = np.asarray(jax.random.randint(jax.random.PRNGKey(4), (2, BLOCK), 0, V))
+  picked = np.asarray(masked.pick(jax.random.split(jax.random.PRNGKey(5), 2), jnp.array([0.25, 0.5]), BLOCK))
+  loss_and_grad = jax.jit(jax.value_and_grad(lambda lg: jnp.sum(masked.masked_cross_entropy(lg, tok, picked)[0])))
+  _, grad = loss_and_grad(logits)
   assert np.all(grad[~picked] == 0) and np.all(np.abs(grad[picked]).sum(-1) > 0)
-  ce, correct = masked.masked_cross_entropy(logits, tok, picked)
+  ce, correct = map(np.asarray, jax.jit(masked.masked_cross_entropy)(logits, tok, picked))
   np.testing.assert_allclose(ce[picked], -jax.nn.log_softmax(logits)[picked, tok[picked]], rtol=1e-5)
   np.testing.assert_array_equal(correct, picked & (jnp.argmax(logits, -1) == tok))
+
+
+@jax.jit
+def _training_masks(keys, tok):
+  """Masks of windows of 64 tokens: 'fixed' 15%, 'cosine' rates and picks, and BERT's corruption of the fixed ones."""
+  T = tok.shape[1]
+  fixed = masked.pick(keys, masked.mask_rates(keys, 'fixed', 0.15), T)
+  rates = masked.mask_rates(keys, 'cosine', 0.15)
+  cosine = masked.pick(jax.vmap(jax.random.fold_in, (0, None))(keys, 1), rates, T)
+  return fixed, rates, cosine, masked.corrupt(keys, tok, fixed, V, 0.1, 0.1)
 
 
 def test_mask_schedules_give_their_counts():
   keys = jax.random.split(jax.random.PRNGKey(6), 4000)
   T = 64
-  fixed = masked.pick(keys, masked.mask_rates(keys, 'fixed', 0.15), T)
+  tok = np.asarray(jax.random.randint(jax.random.PRNGKey(8), (4000, T), 0, V))
+  fixed, rates, cosine, corrupted = map(np.asarray, _training_masks(keys, tok))
   np.testing.assert_array_equal(fixed.sum(1), 10)  # ceil(0.15 * 64)
-  rates = masked.mask_rates(keys, 'cosine', 0.15)
   assert 0 < rates.min() and rates.max() <= 1 and abs(rates.mean() - 2 / math.pi) < 0.02  # E cos(pi u / 2)
-  cosine = masked.pick(jax.random.split(jax.random.PRNGKey(7), 4000), rates, T)
-  np.testing.assert_array_equal(cosine.sum(1), np.clip(np.ceil(np.asarray(rates) * T), 1, T))
+  np.testing.assert_array_equal(cosine.sum(1), np.clip(np.ceil(rates * T), 1, T))
   assert np.all(cosine.sum(0) > 0)  # every position gets masked: the picks are spread uniformly
   # BERT's 80/10/10 of the picked positions: [MASK], a random token (which may be its own), its own token
-  tok = jax.random.randint(jax.random.PRNGKey(8), (4000, T), 0, V)
-  new = masked.corrupt(keys, tok, fixed, V, 0.1, 0.1)[fixed]
-  own = tok[fixed]
-  assert np.all(masked.corrupt(keys, tok, fixed, V, 0.1, 0.1)[~fixed] == tok[~fixed])
+  new, own = corrupted[fixed], tok[fixed]
+  np.testing.assert_array_equal(corrupted[~fixed], tok[~fixed])
   np.testing.assert_allclose([np.mean(new == V), np.mean((new != V) & (new != own)), np.mean(new == own)],
                              [0.8, 0.1 * (1 - 1 / V), 0.1 + 0.1 / V], atol=0.01)
   # decoding: positions still masked after each step, floor(64 cos(pi/2 t/8)) here, ending at 0
@@ -160,13 +169,15 @@ def test_pseudo_log_likelihood_is_the_mean_of_one_masked_position_at_a_time(bidi
   model, params, logits = bidirectional
   config.lm.pll_positions = BLOCK
   objective = masked.MaskedObjective(config, model, V, parallel.AXIS)
-  tok = jax.random.randint(jax.random.PRNGKey(10), (3, BLOCK), 0, V)
+  tok = np.asarray(jax.random.randint(jax.random.PRNGKey(10), (3, BLOCK), 0, V))
   keys = jax.random.split(jax.random.PRNGKey(11), 3)
   got = jax.jit(objective.pseudo_log_likelihood)(params, tok, keys)
   want = np.zeros(3)
   for t in range(BLOCK):
-    logp = jax.nn.log_softmax(logits(tok.at[:, t].set(V))[:, t])
-    want += np.asarray(logp[np.arange(3), tok[:, t]]) / BLOCK
+    one_masked = tok.copy()
+    one_masked[:, t] = V
+    logp = np.asarray(jax.nn.log_softmax(logits(one_masked)))[:, t]
+    want += logp[np.arange(3), tok[:, t]] / BLOCK
   np.testing.assert_allclose(got, want, rtol=1e-5)
   config.lm.pll_positions = 5  # 5 distinct positions of each window: the mean of those 5 terms
   part = jax.jit(masked.MaskedObjective(config, model, V, parallel.AXIS).pseudo_log_likelihood)(params, tok, keys)
@@ -209,14 +220,23 @@ def test_train_eval_and_infill_end_to_end(sonnet_file, tmp_path):
   evals = [r for r in rows if 'eval/loss' in r]
   assert {'eval/masked_accuracy', 'eval/pll', 'eval/pseudo_perplexity'} <= set(evals[-1])
   np.testing.assert_allclose(evals[-1]['eval/pseudo_perplexity'], math.exp(-evals[-1]['eval/pll']), rtol=1e-5)
-  with open(os.path.join(workdir, 'samples', 'step_4.txt'), encoding='utf-8') as f:
-    assert f.read().count('-' * 40 + '\n') == 3
   texts = loop.sample(config, workdir)['text']  # the prompt and 14 positions to fill
   assert len(texts) == 3 and all(len(t) == BLOCK and t.startswith('Sh') and set(t) <= set(SONNET) for t in texts)
+  with open(os.path.join(workdir, 'samples', 'step_4.txt'), encoding='utf-8') as f:
+    assert f.read().startswith(texts[0] + '\n' + '-' * 40 + '\n')
   config.sample.template = 'Shall ____ thee'
   texts = loop.sample(config, workdir)['text']
   assert all(len(t) == 15 and t.startswith('Shall ') and t.endswith(' thee') and set(t) <= set(SONNET)
              for t in texts)
+
+
+def test_the_canvas_is_the_prompt_and_masks_or_the_template(config):
+  method = lm.LM(config, parallel.AXIS, _info())
+  mask = method.mask_id
+  np.testing.assert_array_equal(method.canvas_L, np.concatenate([method.tokenizer.encode('Sh'), [mask] * 14]))
+  config.sample.update({'template': '_hall I_', 'steps': 2})
+  np.testing.assert_array_equal(lm.LM(config, parallel.AXIS, _info()).canvas_L,
+                                np.concatenate([[mask], method.tokenizer.encode('hall I'), [mask]]))
 
 
 def test_masked_settings_are_clear_errors(config):
