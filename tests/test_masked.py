@@ -24,10 +24,11 @@ from aigc_jax.train import loop
 from aigc_jax.train import nonfinite
 from aigc_jax.train import parallel
 from configs import mlm_shakespeare_cpu
-from tests.conftest import build
 from tests.conftest import shrink_training
 from tests.test_lm import SONNET
 from tests.test_lm import _info
+from tests.test_lm import _step_run
+from tests.test_lm import sonnet_file  # noqa: F401 (a fixture)
 
 BLOCK = 16
 V = 11  # real tokens; id V is [MASK]
@@ -39,18 +40,11 @@ def tiny_mlm_config(text_file: str):
   config.data.text_file = text_file
   config.data.block_size = BLOCK
   config.model.update({'num_layers': 1, 'num_heads': 2, 'width': 32})
-  config.lm.pll_positions = 4
-  config.training.sample_every = 0
+  config.lm.update({'pll_positions': 4, 'replace_random': 0.1, 'replace_keep': 0.1})  # BERT's 80/10/10 as well
+  config.training.update({'sample_every': 0, 'checkpoint_every': 4})
   config.sample.update({'num': 3, 'length': BLOCK - 2, 'prompt': 'Sh', 'steps': 4})
   config.eval.num_batches = 1
   return config
-
-
-@pytest.fixture(scope='module')
-def sonnet_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp('text') / 'sonnet.txt'
-  path.write_text(SONNET, encoding='utf-8')
-  return str(path)
 
 
 @pytest.fixture
@@ -179,23 +173,10 @@ def test_pseudo_log_likelihood_is_the_mean_of_one_masked_position_at_a_time(bidi
     logp = np.asarray(jax.nn.log_softmax(logits(one_masked)))[:, t]
     want += logp[np.arange(3), tok[:, t]] / BLOCK
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  config.lm.pll_positions = 5  # 5 distinct positions of each window: the mean of those 5 terms
-  part = jax.jit(masked.MaskedObjective(config, model, V, parallel.AXIS).pseudo_log_likelihood)(params, tok, keys)
-  assert np.all(part != got) and np.all(part < 0)
-
-
-def _step_run(config, devices, batches):
-  _, train_step, state = build(config, _info(text.load(config.data, 'train')[0]))
-  step = parallel.train_step(train_step, parallel.devices(devices))
-  losses = []
-  for b in batches:
-    state, metrics = step(state, [{'tokens': b.reshape((len(devices), -1) + b.shape[2:])}])
-    losses.append(float(metrics['loss']))
-  return jax.device_get(state), losses, metrics
 
 
 def test_4_device_step_equals_1_device_step(config):
-  config.lm.update({'mask_schedule': 'fixed', 'mask_rate': 0.3, 'replace_random': 0.1, 'replace_keep': 0.1})
+  """The cosine schedule's rates, picks and replacements are drawn per example: the same on any device split."""
   ds = data.create(config.data, 'train', 8, seed=0, process_index=0, process_count=1, local_devices=1, train=True)
   batches = [ds.batch(s)['tokens'] for s in range(2)]
   state4, losses4, metrics4 = _step_run(config, jax.devices()[:4], batches)
@@ -205,7 +186,7 @@ def test_4_device_step_equals_1_device_step(config):
   for a, b in zip(jax.tree.leaves(state4.params), jax.tree.leaves(state1.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
   assert {'loss', 'masked_accuracy', 'mask_ratio', 'grad_norm', 'lr', nonfinite.COUNT, nonfinite.FIRST} == set(metrics1)
-  np.testing.assert_allclose(metrics1['mask_ratio'], 5 / BLOCK)  # ceil(0.3 * 16) = 5 of 16
+  assert 0 < metrics1['mask_ratio'] < 1
   vocab = len(set(text.load(config.data, 'train')[0]))
   assert state1.params['token_embed']['embedding'].shape == (vocab + 1, 32)  # and [MASK]
 
@@ -220,14 +201,12 @@ def test_train_eval_and_infill_end_to_end(sonnet_file, tmp_path):
   evals = [r for r in rows if 'eval/loss' in r]
   assert {'eval/masked_accuracy', 'eval/pll', 'eval/pseudo_perplexity'} <= set(evals[-1])
   np.testing.assert_allclose(evals[-1]['eval/pseudo_perplexity'], math.exp(-evals[-1]['eval/pll']), rtol=1e-5)
-  texts = loop.sample(config, workdir)['text']  # the prompt and 14 positions to fill
-  assert len(texts) == 3 and all(len(t) == BLOCK and t.startswith('Sh') and set(t) <= set(SONNET) for t in texts)
-  with open(os.path.join(workdir, 'samples', 'step_4.txt'), encoding='utf-8') as f:
-    assert f.read().startswith(texts[0] + '\n' + '-' * 40 + '\n')
   config.sample.template = 'Shall ____ thee'
   texts = loop.sample(config, workdir)['text']
-  assert all(len(t) == 15 and t.startswith('Shall ') and t.endswith(' thee') and set(t) <= set(SONNET)
-             for t in texts)
+  assert len(texts) == 3 and all(len(t) == 15 and t.startswith('Shall ') and t.endswith(' thee') and
+                                 set(t) <= set(SONNET) for t in texts)
+  with open(os.path.join(workdir, 'samples', 'step_4.txt'), encoding='utf-8') as f:
+    assert f.read().startswith(texts[0] + '\n' + '-' * 40 + '\n')
 
 
 def test_the_canvas_is_the_prompt_and_masks_or_the_template(config):
