@@ -136,8 +136,8 @@ class LM(Method):
       Rule('sample.top_p', lambda c: 0.0 < c.sample.top_p <= 1.0,
            'sample.top_p={sample.top_p} must be in (0, 1] (1: no nucleus filter)'),
       Rule('sample.method', lambda c: c.sample.method in ('sample', 'beam', 'maskgit'),
-           "sample.method={sample.method!r} is unknown: use 'sample' (temperature / top-k / top-p), 'beam' "
-           "(beam search) or 'maskgit' (a masked model's parallel decoding)"),
+           "sample.method={sample.method!r} is unknown: use 'sample' (temperature / top-k / top-p) or 'beam' "
+           "(beam search); a masked model (lm.objective='masked') uses 'maskgit'"),
       Rule('sample.num_beams', lambda c: c.sample.method != 'beam' or c.sample.num_beams >= 1,
            'sample.num_beams={sample.num_beams} must be >= 1'),
       Rule('sample.no_repeat_ngram_size', lambda c: c.sample.method != 'beam' or c.sample.no_repeat_ngram_size >= 0,
