@@ -166,12 +166,14 @@ def bench_sample(config: ml_collections.ConfigDict, steps: int, warmup: int) -> 
             'device_kind': devs.local[0].device_kind, 'devices': devs.global_count, 'num': num,
             'calls_timed': steps, 'median_call_s': median, 'first_call_s_incl_compile': first_s}
   if 'text' in decoded:
-    result['new_tokens_per_call'] = num * config.sample.length
-    result['tokens_per_s'] = num * config.sample.length / median
-    result['kv_cache'] = bool(config.sample.kv_cache)
+    new_tokens = int(np.sum(out['num_new']))  # beam search may stop early; maskgit fills its canvas's masks
+    result['new_tokens_per_call'] = new_tokens
+    result['tokens_per_s'] = new_tokens / median
+    if 'kv_cache' in config.sample:
+      result['kv_cache'] = bool(config.sample.kv_cache)
   else:
     result['images_per_s'] = num / median
-  for key in ('method', 'steps'):
+  for key in ('method', 'steps', 'length'):
     if key in config.sample:
       result[f'sample_{key}'] = config.sample[key]
   return result

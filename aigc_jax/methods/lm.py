@@ -7,7 +7,8 @@ program with a key/value cache, past `data.block_size` re-reading the last block
 'beam' (`beam_search.py`), for `sample.length` new tokens or up to `sample.max_length` in all, a row
 ending at `sample.end_token`. `sample.kv_cache=False` recomputes every token's whole context instead:
 the slow reference. With `init_from` (a Hugging Face GPT-2 folder, `interop/gpt2.py`) the model's
-shape is that checkpoint's, and a fresh run starts from its weights.
+shape is that checkpoint's, and a fresh run starts from its weights. `lm.objective='masked'` trains a
+bidirectional masked-token model instead, decoded by `sample.method='maskgit'` (`masked.py`).
 """
 
 import math
@@ -24,6 +25,7 @@ from aigc_jax.errors import UserError
 from aigc_jax.interop import gpt2
 from aigc_jax.methods import beam_search
 from aigc_jax.methods import generation
+from aigc_jax.methods import masked
 from aigc_jax.methods import precision
 from aigc_jax.methods.base import Batch
 from aigc_jax.methods.base import Method
@@ -49,7 +51,7 @@ class LM(Method):
       Rule('model.dropout', lambda c: 0.0 <= c.model.dropout < 1.0, 'model.dropout={model.dropout} must be in [0, 1)'),
       Rule('data.block_size', lambda c: c.data.block_size >= 1,
            'data.block_size={data.block_size} must be positive'),
-      Rule('sample.prompt', lambda c: c.sample.prompt,
+      Rule('sample.prompt', lambda c: c.sample.prompt or c.sample.method == 'maskgit',
            "sample.prompt is empty: give at least one character to start from, e.g. '\\n'"),
       Rule('sample.length', lambda c: c.sample.length >= 1, 'sample.length={sample.length} must be positive'),
       Rule('sample.temperature', lambda c: c.sample.temperature >= 0,
@@ -57,13 +59,15 @@ class LM(Method):
       Rule('sample.top_k', lambda c: c.sample.top_k >= 0, 'sample.top_k={sample.top_k} must be >= 0 (0: no top-k filter)'),
       Rule('sample.top_p', lambda c: 0.0 < c.sample.top_p <= 1.0,
            'sample.top_p={sample.top_p} must be in (0, 1] (1: no nucleus filter)'),
-      Rule('sample.method', lambda c: c.sample.method in ('sample', 'greedy', 'beam'),
+      Rule('sample.method', lambda c: c.sample.method in ('sample', 'greedy', 'beam', 'maskgit'),
            "sample.method={sample.method!r} is unknown: use 'sample' (temperature / top-k / top-p), 'greedy' or "
-           "'beam' (beam search)"),
-      Rule('sample.max_length', lambda c: c.sample.max_length >= 0,
+           "'beam' (beam search); a masked model (lm.objective='masked') uses 'maskgit'"),
+      *masked.RULES,  # before the causal decoding keys, which a masked model's config has not
+      Rule('sample.max_length', lambda c: c.sample.method == 'maskgit' or c.sample.max_length >= 0,
            'sample.max_length={sample.max_length} must be >= 0 (0: sample.length new tokens)'),
-      Rule('sample.num_beams', lambda c: c.sample.num_beams >= 1, 'sample.num_beams={sample.num_beams} must be >= 1'),
-      Rule('sample.no_repeat_ngram_size', lambda c: c.sample.no_repeat_ngram_size >= 0,
+      Rule('sample.num_beams', lambda c: c.sample.method != 'beam' or c.sample.num_beams >= 1,
+           'sample.num_beams={sample.num_beams} must be >= 1'),
+      Rule('sample.no_repeat_ngram_size', lambda c: c.sample.method == 'maskgit' or c.sample.no_repeat_ngram_size >= 0,
            'sample.no_repeat_ngram_size={sample.no_repeat_ngram_size} must be >= 0 (0: no restriction)'),
   )
 
@@ -75,30 +79,42 @@ class LM(Method):
     self.bits_name = f'bits_per_{self.tokenizer.unit}'
     m = config.model
     self.init_from = config.init_from
+    is_masked = masked.objective(config) == 'masked'
     if config.init_from:  # the shape is the checkpoint's
+      if is_masked:
+        raise UserError(f'init_from={config.init_from!r} is a causal GPT-2 checkpoint and lm.objective=\'masked\' '
+                        'trains a bidirectional model from scratch: unset one of them')
       settings = gpt2.read_config(config.init_from)
       if self.tokenizer.vocab_size > settings['vocab_size']:
         raise UserError(f'the tokenizer has {self.tokenizer.vocab_size} tokens, the model of init_from='
                         f'{config.init_from!r} only {settings["vocab_size"]}: use that model\'s tokenizer files '
                         '(data.bpe_dir)')
       settings['block_size'] = config.data.block_size
-    else:
-      settings = {'vocab_size': self.tokenizer.vocab_size, 'block_size': config.data.block_size,
+    else:  # a masked model's [MASK] token comes after the tokenizer's
+      settings = {'vocab_size': self.tokenizer.vocab_size + is_masked, 'block_size': config.data.block_size,
                   'num_layers': m.num_layers, 'num_heads': m.num_heads, 'width': m.width,
                   'activation': m.activation, 'use_bias': m.use_bias}
     self.model_settings = settings  # the Transformer's shape and choices (interop/gpt2.py exports them)
-    self.model = Transformer(**settings, dropout=m.dropout, dtype=precision.compute_dtype(m.dtype))
+    self.model = Transformer(**settings, dropout=m.dropout, dtype=precision.compute_dtype(m.dtype),
+                             causal=not is_masked)
+    self.mask_id = self.tokenizer.vocab_size
+    self.masked = masked.MaskedObjective(config, self.model, self.mask_id, axis_name) if is_masked else None
     s = config.sample
     self.prompt_P = self.tokenizer.encode(s.prompt, what=f'sample.prompt={s.prompt!r}')
     if len(self.prompt_P) > config.data.block_size:
       raise UserError(f'sample.prompt is {len(self.prompt_P)} tokens, longer than data.block_size='
                       f'{config.data.block_size}: shorten it')
-    self.num_new = s.max_length - len(self.prompt_P) if s.max_length else s.length  # new tokens
+    self.canvas_L = (masked.canvas(self.tokenizer, s, self.prompt_P, self.mask_id, config.data.block_size)
+                     if s.method == 'maskgit' else None)
+    if s.method == 'maskgit':  # the canvas's masked positions
+      self.num_new = int(np.sum(self.canvas_L == self.mask_id))
+    else:
+      self.num_new = s.max_length - len(self.prompt_P) if s.max_length else s.length
     if self.num_new < 1:
       raise UserError(f'sample.max_length={s.max_length} leaves no new token after the {len(self.prompt_P)} of '
                       'sample.prompt: raise it (it counts the prompt and the new tokens)')
     self.end_id = None
-    if s.end_token:
+    if s.method != 'maskgit' and s.end_token:
       end = self.tokenizer.encode(s.end_token, what=f'sample.end_token={s.end_token!r}')
       if len(end) != 1:
         raise UserError(f'sample.end_token={s.end_token!r} is {len(end)} tokens, not one: give a single '
@@ -126,15 +142,22 @@ class LM(Method):
 
   def loss(self, params: Any, batch: Batch, rng: Rng, model_state: Any) -> tuple[jax.Array, tuple[Metrics, Any]]:
     """The mean next-token cross-entropy of the batch's windows (dropout masks drawn per device)."""
+    if self.masked:
+      loss, metrics = self.masked.loss(params, batch['tokens'], rng)
+      return loss, (metrics, model_state)
     return self._losses(params, batch['tokens'], True, rng.device()).mean(), ({}, model_state)
 
   def eval_step(self, state: TrainState, batch: Batch, rng: Rng) -> Metrics:
     """The mean loss of each window under the EMA parameters (no dropout): windows that pad the split weigh 0."""
+    if self.masked:  # masks keyed by the eval batch and example: the same every evaluation
+      return self.masked.eval_metrics(state.ema_params, batch['tokens'], rng)
     del rng  # evaluation is deterministic
     return {'loss': self._losses(state.ema_params, batch['tokens'], False).mean(axis=1)}
 
   def summarize(self, means: dict[str, Any]) -> dict[str, Any]:
     """The perplexity exp(loss) and bits per token loss / ln 2 of the mean loss."""
+    if self.masked:
+      return masked.summarize(means)
     return {**means, 'perplexity': jnp.exp(means['loss']), self.bits_name: means['loss'] / math.log(2.0)}
 
   def sample(self, state: TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
@@ -146,6 +169,16 @@ class LM(Method):
     `num` continuations are the same one.
     """
     s = self.sample_cfg
+    if s.method == 'maskgit':
+      def logits_fn(tok_BL):
+        return masked.predictions(self.model.apply({'params': state.ema_params}, tok_BL), self.mask_id)
+
+      def draw(logits_NV, key):
+        return generation.next_token(logits_NV, key, s.temperature, s.top_k, s.top_p)
+
+      tok_BL, logp_BL, _ = masked.maskgit(logits_fn, self.canvas_L, num, rng, s.steps, draw, s.confidence_noise,
+                                          self.mask_id)
+      return {'tokens': tok_BL, 'num_new': jnp.full((num,), self.num_new, jnp.int32), 'logprobs': logp_BL}
     prompt_1P = jnp.asarray(self.prompt_P)[None]
     if s.method == 'beam':
       beams = beam_search.beam_search(self.model, state.ema_params, prompt_1P, self.num_new, s.num_beams,
@@ -165,6 +198,9 @@ class LM(Method):
     {'text': [num strings: prompt and continuation], 'logprob_per_token': float [num], 'records': [num
     {'prompt', 'text' (the continuation), 'tokens' (its ids), 'logprobs' (theirs)}]}; text stops after the end token.
     """
+    if self.canvas_L is not None:  # maskgit: the whole canvas is the text
+      return {'text': [self.tokenizer.decode(row) for row in samples['tokens']],
+              'logprob_per_token': np.asarray(samples['logprobs']).sum(axis=1) / np.asarray(samples['num_new'])}
     P = len(self.prompt_P)
     texts, means, records = [], [], []
     for row, lp, n in zip(np.asarray(samples['tokens']), np.asarray(samples['logprobs']), np.asarray(samples['num_new'])):

@@ -8,6 +8,8 @@ residual stream does not grow with depth. Dropout after the embeddings, on the a
 weights and on each residual branch, as in nanoGPT. With `use_bias` and the tanh GELU this is
 GPT-2 exactly (Hugging Face's `GPT2LMHeadModel`, `interop/gpt2.py`). Decoding takes prompts
 left-padded to one length: `start_B` says where each row's text begins, and positions count from there.
+With `causal=False` every position attends to every other: the bidirectional encoder of a
+masked-token model (methods/masked.py).
 
 Shapes: B batch, T query positions, S cached positions (= block_size), D width, N heads,
 E head width (D / N), V vocabulary.
@@ -33,26 +35,27 @@ ACTIVATIONS = {'gelu_tanh': lambda x: nn.gelu(x, approximate=True), 'gelu': lamb
 
 
 def causal_attention(q_BTNE: jax.Array, k_BTNE: jax.Array, v_BTNE: jax.Array,
-                     dropout: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """softmax(QK^T / sqrt(E)) V over earlier positions, with `dropout` on the attention weights.
+                     dropout: Callable[[jax.Array], jax.Array], causal: bool = True) -> jax.Array:
+  """softmax(QK^T / sqrt(E)) V over earlier positions (all of them if not `causal`), `dropout` on the weights.
 
   `jax.nn.dot_product_attention` has no dropout on the weights; this spelled-out form is
   used only when training with dropout.
   """
   T, E = q_BTNE.shape[1], q_BTNE.shape[3]
   logits_BNTS = jnp.einsum('btne,bsne->bnts', q_BTNE, k_BTNE).astype(jnp.float32) / math.sqrt(E)
-  causal_TS = jnp.tril(jnp.ones((T, T), bool))
-  w_BNTS = jax.nn.softmax(jnp.where(causal_TS, logits_BNTS, -jnp.inf), axis=-1)
+  visible_TS = jnp.tril(jnp.ones((T, T), bool)) if causal else jnp.ones((T, T), bool)
+  w_BNTS = jax.nn.softmax(jnp.where(visible_TS, logits_BNTS, -jnp.inf), axis=-1)
   return jnp.einsum('bnts,bsne->btne', dropout(w_BNTS).astype(v_BTNE.dtype), v_BTNE)
 
 
 class SelfAttention(nn.Module):
-  """Causal multi-head self-attention: heads concatenated, then projected back to D."""
+  """Causal (or bidirectional) multi-head self-attention: heads concatenated, then projected back to D."""
   num_heads: int
   dropout: float
   residual_init: Callable
   use_bias: bool
   dtype: Any
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
@@ -81,9 +84,9 @@ class SelfAttention(nn.Module):
       cache = (k_BSNE, v_BSNE)
     elif train and self.dropout > 0:
       y_BTNE = causal_attention(q_BTNE, k_BTNE, v_BTNE,
-                                lambda w: nn.Dropout(self.dropout)(w, deterministic=False))
+                                lambda w: nn.Dropout(self.dropout)(w, deterministic=False), self.causal)
     else:
-      y_BTNE = jax.nn.dot_product_attention(q_BTNE, k_BTNE, v_BTNE, is_causal=True)
+      y_BTNE = jax.nn.dot_product_attention(q_BTNE, k_BTNE, v_BTNE, is_causal=self.causal)
     y_BTD = layers.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
                          name='out')(y_BTNE.reshape(B, T, D))
     return nn.Dropout(self.dropout)(y_BTD, deterministic=not train), cache
@@ -97,6 +100,7 @@ class Block(nn.Module):
   use_bias: bool
   dtype: Any
   activation: str = 'gelu_tanh'
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
@@ -105,7 +109,7 @@ class Block(nn.Module):
     D = x_BTD.shape[-1]
     h_BTD = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='attn_norm')(x_BTD)
     h_BTD, cache = SelfAttention(self.num_heads, self.dropout, self.residual_init, self.use_bias,
-                                 self.dtype, name='attn')(h_BTD, train, cache, pos, start_B)
+                                 self.dtype, causal=self.causal, name='attn')(h_BTD, train, cache, pos, start_B)
     x_BTD = x_BTD + h_BTD
     mlp_norm = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='mlp_norm')
     mlp_in = layers.Dense(4 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='mlp_in')
@@ -128,6 +132,8 @@ class Transformer(nn.Module):
     use_bias: biases in the Dense and LayerNorm layers (nanoGPT's `bias`).
     dtype: computation dtype; parameters and logits are float32.
     activation: the MLP's nonlinearity, a key of ACTIVATIONS.
+    causal: each position attends to itself and earlier ones (a next-token model); False: to every
+      position (a masked-token model, which has no key/value cache: `decode` is for causal models).
   """
   vocab_size: int
   block_size: int
@@ -138,13 +144,15 @@ class Transformer(nn.Module):
   use_bias: bool = False
   dtype: Any = jnp.float32
   activation: str = 'gelu_tanh'
+  causal: bool = True
 
   def setup(self):
     residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.num_layers))
     self.token_embed = layers.Embed(self.vocab_size, self.width, embedding_init=_init, dtype=self.dtype)
     self.pos_embed = nn.Embed(self.block_size, self.width, embedding_init=_init, dtype=self.dtype)
     self.embed_dropout = nn.Dropout(self.dropout)
-    self.blocks = [Block(self.num_heads, self.dropout, residual_init, self.use_bias, self.dtype, self.activation)
+    self.blocks = [Block(self.num_heads, self.dropout, residual_init, self.use_bias, self.dtype, self.activation,
+                         self.causal)
                    for _ in range(self.num_layers)]
     self.final_norm = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype)
 
@@ -161,7 +169,7 @@ class Transformer(nn.Module):
     return self.token_embed.attend(self.final_norm(x_BTD)).astype(jnp.float32)
 
   def __call__(self, tok_BT: jax.Array, train: bool = False) -> jax.Array:
-    """float32 logits [B, T, V] of the token after each of the T <= block_size positions."""
+    """float32 logits [B, T, V] of the token after each of the T <= block_size positions (causal), or at it."""
     x_BTD = self._embed(tok_BT, 0, train)
     for block in self.blocks:
       x_BTD, _ = block(x_BTD, train)
@@ -175,6 +183,8 @@ class Transformer(nn.Module):
     `start_B` (int32 [B], optional): row b is left-padded up to start_B[b], which the other
     positions do not see; its text's positions count from there (Hugging Face's left padding).
     """
+    if not self.causal:
+      raise ValueError('a bidirectional Transformer has no key/value cache: call it on the whole sequence')
     x_BTD = self._embed(tok_BT, pos, False, start_B)
     new_cache = []
     for block, kv in zip(self.blocks, cache):
