@@ -172,12 +172,15 @@ def _time_sampler(config: ml_collections.ConfigDict, method: Any, state: Any, de
   first_s = time.perf_counter() - start
   for i in range(warmup):
     draw(state, jax.random.PRNGKey(1 + i))
+  cpu_start = time.process_time()
   call_s = [_timed(lambda i=i: draw(state, jax.random.PRNGKey(100 + i))) for i in range(steps)]
+  cpu_s = (time.process_time() - cpu_start) / steps
   median = float(np.median(call_s))
   decoded = method.decode_samples(out)
   result = {'what': 'sample', 'config': flags.FLAGS['config'].config_filename, 'method': config.method,
             'device_kind': devs.local[0].device_kind, 'devices': devs.global_count, 'num': num,
-            'calls_timed': steps, 'median_call_s': median, 'first_call_s_incl_compile': first_s}
+            'calls_timed': steps, 'median_call_s': median, 'cpu_s_per_call': cpu_s,
+            'first_call_s_incl_compile': first_s}
   if 'text' in decoded:
     result['new_tokens_per_call'] = num * config.sample.length
     result['tokens_per_s'] = num * config.sample.length / median

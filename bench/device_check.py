@@ -146,7 +146,7 @@ def plan(smoke: bool, scratch: pathlib.Path) -> Plan:
 
 
 def _images(p: Plan) -> list[str]:
-  return [f'--config.data.npz_path={p.npz}', f'--config.data.npz_holdout={min(NPZ_HOLDOUT, 20 if p.smoke else NPZ_HOLDOUT)}']
+  return [f'--config.data.npz_path={p.npz}', f'--config.data.npz_holdout={20 if p.smoke else NPZ_HOLDOUT}']
 
 
 @dataclasses.dataclass
@@ -380,8 +380,8 @@ def torch_sample_figure(check: Check, p: Plan, timeout_s: float) -> dict[str, An
   return {'status': 'ok' if ok else 'failed', 'results': results}
 
 
-def run_check(smoke: bool, out: pathlib.Path, budget_s: float, pack: bool) -> str:
-  """Every figure, within `budget_s` seconds; returns the summary table."""
+def run_check(smoke: bool, out: pathlib.Path, budget_s: float, pack: bool) -> tuple[str, list[dict[str, Any]]]:
+  """Every figure, within `budget_s` seconds; returns the summary table and the figures."""
   out.mkdir(parents=True, exist_ok=True)
   scratch = out / 'scratch'
   scratch.mkdir(exist_ok=True)
@@ -416,7 +416,7 @@ def run_check(smoke: bool, out: pathlib.Path, budget_s: float, pack: bool) -> st
   else:
     check.figure('sample_torch', 0, lambda t: {'status': 'skipped', 'reason': 'torch or diffusers does not import'})
   shutil.rmtree(scratch, ignore_errors=True)
-  return check.finish(pack)
+  return check.finish(pack), check.figures
 
 
 def _gib(n: Any) -> str:
@@ -522,9 +522,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   out = pathlib.Path(args.out or os.environ.get('OUT') or ROOT / 'device_check_out')
   # under the device tool ($OUT), at most 8 files come back: pack the per-figure files
   pack = bool(os.environ.get('OUT')) and out.resolve() == pathlib.Path(os.environ['OUT']).resolve()
-  table = run_check(args.cpu_smoke, out, args.budget_s, pack)
+  table, figures = run_check(args.cpu_smoke, out, args.budget_s, pack)
   print(table, flush=True)
-  _say(f'figures in {out}')
+  broken = [f['figure'] for f in figures if f.get('status') in ('failed', 'error', 'timeout')]
+  _say(f'figures in {out}' + (f'; failed: {", ".join(broken)}' if broken else ''))
+  sys.exit(1 if broken else 0)
 
 
 if __name__ == '__main__':

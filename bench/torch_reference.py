@@ -148,14 +148,17 @@ def bench_sample(args: argparse.Namespace, device: torch.device) -> dict[str, An
   for seed in range(args.warmup_calls):
     call(seed)
   first_s = time.perf_counter() - start if args.warmup_calls else None
+  cpu_start = time.process_time()
   times = _time(lambda: call(args.warmup_calls), args.calls, 0)
+  cpu_s = (time.process_time() - cpu_start) / args.calls
   median = sorted(times)[len(times) // 2]
   return {'what': 'sample', 'framework': f'torch {torch.__version__} diffusers {_diffusers().__version__}',
           'model': args.model, 'params': sum(p.numel() for p in unet.parameters()),
           'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
           'threads': torch.get_num_threads(), 'autocast': args.autocast, 'sampler': args.sampler,
           'pipeline': type(pipe).__name__, 'scheduler': type(pipe.scheduler).__name__, 'sample_steps': steps,
-          'num': batch, 'calls_timed': args.calls, 'median_call_s': median, 'warmup_calls_s': first_s,
+          'num': batch, 'calls_timed': args.calls, 'median_call_s': median, 'cpu_s_per_call': cpu_s,
+          'warmup_calls_s': first_s,
           'images_per_s': batch / median}
 
 
