@@ -173,8 +173,9 @@ class Run:
 class Check:
   """Runs the figures in order within the budget; writes each one's JSON and the summary."""
 
-  def __init__(self, out: pathlib.Path, budget_s: float, env: dict[str, str]):
+  def __init__(self, out: pathlib.Path, budget_s: float, env: dict[str, str], cap_s: float = 300.0):
     self.out, self.budget_s, self.env = out, budget_s, env
+    self.cap_s = cap_s  # the most one process may take, so that one hung figure leaves time for the rest
     self.start = time.monotonic()
     self.figures: list[dict[str, Any]] = []
     (out / 'figures').mkdir(parents=True, exist_ok=True)
@@ -275,7 +276,7 @@ def tests_figure(check: Check, p: Plan, timeout_s: float) -> dict[str, Any]:
   report = check.out / 'tests.xml'
   select = 'auto_is_float32' if p.smoke else NEEDS_4_DEVICES
   run = check.proc([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', f'--junitxml={report}',
-                    '-k', select, *TEST_FILES], min(timeout_s, 240))
+                    '-k', select, *TEST_FILES], min(timeout_s, check.cap_s))
   counts = {'passed': 0, 'failed': 0, 'skipped': 0}
   failed = []
   if report.is_file():
@@ -297,7 +298,7 @@ def tests_figure(check: Check, p: Plan, timeout_s: float) -> dict[str, Any]:
 def bench_figure(check: Check, config: str, overrides: Sequence[str], timeout_s: float,
                  what: str = 'train', extra: Sequence[str] = ()) -> dict[str, Any]:
   run = check.proc([sys.executable, '-m', 'aigc_jax.bench', f'--config={config}', f'--what={what}', *extra,
-                    *overrides], min(timeout_s, 300))
+                    *overrides], min(timeout_s, check.cap_s))
   return _from_run(run)
 
 
@@ -342,7 +343,7 @@ def loss_curves_figure(check: Check, p: Plan, timeout_s: float) -> dict[str, Any
     import concurrent.futures
     mem = {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45'}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      futures = {d: pool.submit(check.proc, argv, min(timeout_s, 300), mem) for d, argv in procs.items()}
+      futures = {d: pool.submit(check.proc, argv, min(timeout_s, check.cap_s), mem) for d, argv in procs.items()}
       runs = {d: f.result() for d, f in futures.items()}
   record: dict[str, Any] = {'steps': p.loss_steps, 'batch': p.batch,
                             'runs': {d: {'rc': r.rc, 'wall_s': r.wall_s} for d, r in runs.items()}}
@@ -388,7 +389,8 @@ def run_check(smoke: bool, out: pathlib.Path, budget_s: float, pack: bool) -> tu
   p = plan(smoke, scratch)
   env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2', AIGC_JAX_CACHE=str(scratch / 'cache'))
   env['PYTHONPATH'] = os.pathsep.join([str(ROOT)] + [x for x in env.get('PYTHONPATH', '').split(os.pathsep) if x])
-  check = Check(out, budget_s, env)
+  # a loaded CPU can take minutes to compile even the smoke's programs: there the budget alone bounds them
+  check = Check(out, budget_s, env, cap_s=budget_s if smoke else 300.0)
   images, b = _images(p), f'--config.training.batch_size={p.batch}'
   check.figure('env', 5, lambda t: env_figure(check, t))
   for dtype in ('bfloat16', 'float32'):
