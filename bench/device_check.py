@@ -457,7 +457,7 @@ def summary_cells(record: dict[str, Any], ours: dict[str, float] | None = None) 
       return status, 'a run failed: see loss_curves.json'
     first, last = record['first_loss'], record['last_loss']
     return status, (f'{record["steps"]} steps at batch {record["batch"]}: {record["window"]}-step mean losses of '
-                    f'bfloat16 within {100 * record["max_rel_diff"]:.2f}% of float32 (tolerance '
+                    f'bfloat16 within {100 * record["max_rel_diff"]:.2g}% of float32 (tolerance '
                     f'{100 * record["rtol"]:.0f}%); loss {first["float32"]:.3f} -> {last["float32"]:.3f} (float32), '
                     f'{first["bfloat16"]:.3f} -> {last["bfloat16"]:.3f} (bfloat16)')
   if name.startswith('sample'):
