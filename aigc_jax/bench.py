@@ -202,11 +202,12 @@ def bench_sample(config: ml_collections.ConfigDict, steps: int, warmup: int,
   from aigc_jax import methods
   from aigc_jax.diffusion import samplers
   from aigc_jax.train import parallel
+  for spec in sampler_specs:
+    if ':' in spec and not spec.partition(':')[2].isdigit():
+      raise UserError(f'--samplers={spec!r}: the steps after the colon must be a whole number, as in ddim:50')
   devs, ds, method, _, state = _setup(config)
   if not sampler_specs:
     return [_time_sampler(config, method, state, devs, steps, warmup)]
-  if 'method' not in config.sample:
-    raise UserError(f'--samplers names diffusion samplers, but method={config.method!r} has no sample.method')
   results = []
   for spec in sampler_specs:
     name, _, sampler_steps = spec.partition(':')
@@ -215,8 +216,6 @@ def bench_sample(config: ml_collections.ConfigDict, steps: int, warmup: int,
            f'{", ".join(sorted(samplers.REGISTRY))})')
       results.append({'what': 'sample', 'sample_method': name, 'skipped': 'not registered'})
       continue
-    if sampler_steps and not sampler_steps.isdigit():
-      raise UserError(f'--samplers={spec!r}: the steps after the colon must be a whole number, as in ddim:50')
     cfg = copy.deepcopy(config)
     cfg.sample.method = name
     if sampler_steps:
