@@ -102,12 +102,13 @@ def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, see
   text, source = load(cfg, split)
   if data_info:
     tokenizer = tokenizers.from_info(data_info)
-    if tokenizer.unit != cfg.tokenizer:
+    kind = data_info['tokenizer']
+    if kind != cfg.tokenizer:
       raise UserError(f'data.tokenizer={cfg.tokenizer!r}, but the checkpoints were trained with '
-                      f'{tokenizer.unit!r}: set data.tokenizer={tokenizer.unit!r}, or use a new workdir')
+                      f'{kind!r}: set data.tokenizer={kind!r}, or use a new workdir')
   else:
-    train_text = text if split == cfg.train_split else load(cfg, cfg.train_split)[0]
-    tokenizer = tokenizers.build(cfg.tokenizer, train_text)
+    train_text = text if split == cfg.train_split or cfg.tokenizer != 'char' else load(cfg, cfg.train_split)[0]
+    tokenizer = tokenizers.build(cfg.tokenizer, train_text, cfg.bpe_dir)
   tokens = tokenizer.encode(text, what=f'{source} split {split!r}')
   lo, hi = shards.bounds(len(tokens), process_index, process_count)
   tokens = tokens[lo:hi]
