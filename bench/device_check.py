@@ -5,7 +5,7 @@
 
 `prepare` writes what the GPU machine lacks into .device/ (ignored by git; name it in the
 device tool's `carry`): real CIFAR-10 training images as an .npz (a class-balanced, shuffled
-subset of ../shared/data's JPEGs, small enough to travel), Tiny Shakespeare, and the wheels of
+subset of ../shared/data's JPEGs, small enough to travel), Tiny Shakespeare and a BPE of it, and the wheels of
 the pure-Python packages its image does not have (ml-collections; diffusers for the torch lines).
 `run` times and checks, each figure in its own process under a time limit, in order of worth,
 skipping (with a JSON saying so) what the remaining budget cannot hold:
@@ -13,7 +13,8 @@ skipping (with a JSON saying so) what the remaining budget cannot hold:
   - tests: the bfloat16 tests (tests/test_precision.py) and the one-device equality tests of
     tests/test_step.py and tests/test_parallel.py (the 4-device ones need 4 devices);
   - train_*: `python -m aigc_jax.bench` for ddpm_cifar at batch 128 in bfloat16 and float32,
-    gpt_shakespeare, dcgan_cifar and a GPT-2 124M config if there is one;
+    gpt_shakespeare, dcgan_cifar and configs/gpt2.py (124M; its BPE trained here on Tiny
+    Shakespeare, ~21.5k of GPT-2's 50,257 tokens: the head is smaller than GPT-2's);
   - sample_ours: `--what=sample` at batch 256 for ancestral-1000, DDIM-50 and DPM-Solver++(2M)-20
     where registered; sample_torch_* and train_torch: diffusers' pipelines and UNet2DModel step;
   - loss_curves: 300 steps of `run.py` ddpm_cifar in bfloat16 and in float32 from one seed on the
@@ -40,6 +41,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEVICE_DIR = ROOT / '.device'
 NPZ = DEVICE_DIR / 'cifar10_train.npz'
 TEXT = DEVICE_DIR / 'tinyshakespeare.txt'
+# GPT-2's vocabulary size asked of a BPE trained on Tiny Shakespeare (it stops at ~21.5k merges' worth)
+BPE = DEVICE_DIR / 'bpe'
+BPE_VOCAB = 50257
 WHEELS = DEVICE_DIR / 'whl'
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 # 1,000 training images per class: 30.7 MB as uint8, within the device tool's 64 MiB per call
@@ -84,6 +88,12 @@ def make_npz(tar_path: pathlib.Path, out: pathlib.Path, per_class: int, seed: in
   return {'path': str(out), 'images': list(x.shape), 'classes': classes, 'bytes': out.stat().st_size}
 
 
+def train_bpe(text: pathlib.Path, out: pathlib.Path) -> None:
+  """A byte-level BPE of `text` for configs/gpt2.py (GPT-2's own tokenizer files cannot be fetched here)."""
+  subprocess.run([sys.executable, '-m', 'aigc_jax.data.bpe', f'--text={text}', f'--vocab_size={BPE_VOCAB}',
+                  f'--out={out}'], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
 def prepare() -> None:
   """Writes .device/: the CIFAR-10 .npz, Tiny Shakespeare and the missing wheels."""
   if not SHARED_DATA.is_dir():
@@ -91,6 +101,7 @@ def prepare() -> None:
   _say(f'writing {NPZ} from {SHARED_DATA / "cifar10_jpeg.tar.gz"}')
   print(json.dumps(make_npz(SHARED_DATA / 'cifar10_jpeg.tar.gz', NPZ, NPZ_PER_CLASS)))
   shutil.copyfile(SHARED_DATA / 'tinyshakespeare.txt', TEXT)
+  train_bpe(TEXT, BPE)
   shutil.rmtree(WHEELS, ignore_errors=True)
   subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--no-deps', '--only-binary=:all:',
                   '--python-version', '3.12', '--implementation', 'py', '-d', str(WHEELS), *WHEEL_PINS], check=True)
@@ -108,6 +119,7 @@ class Plan:
   smoke: bool
   npz: pathlib.Path
   text: pathlib.Path
+  bpe: pathlib.Path
   ddpm: tuple[str, ...]          # --config overrides of configs/ddpm_cifar.py beyond the data
   lm: tuple[str, ...]
   gan: tuple[str, ...]
@@ -124,24 +136,27 @@ class Plan:
 
 def plan(smoke: bool, scratch: pathlib.Path) -> Plan:
   if not smoke:
-    for path in (NPZ, TEXT):
+    for path in (NPZ, TEXT, BPE / 'tokenizer.json'):
       if not path.is_file():
         sys.exit(f'error: {path} is absent: run `bench/device_check.sh --prepare` where ../shared/data is, '
                  'and carry .device along')
-    return Plan(False, NPZ, TEXT, (), (), (), 128, ('--steps=10', '--warmup=2'), 256, SAMPLERS, LOSS_STEPS,
+    return Plan(False, NPZ, TEXT, BPE, (), (), (), 128, ('--steps=10', '--warmup=2'), 256, SAMPLERS, LOSS_STEPS,
                 LOSS_WINDOW, 'ddpm_cifar', 50, 256)
-  npz, text = NPZ, TEXT
+  npz, text, bpe_dir = NPZ, TEXT, BPE
   if not npz.is_file():  # a few real images per class are enough to run every step
     if not SHARED_DATA.is_dir():
       sys.exit(f'error: --cpu-smoke needs {NPZ} or {SHARED_DATA} for its images')
     npz, text = scratch / 'cifar10_smoke.npz', SHARED_DATA / 'tinyshakespeare.txt'
     make_npz(SHARED_DATA / 'cifar10_jpeg.tar.gz', npz, 20)
+  if not (bpe_dir / 'tokenizer.json').is_file():
+    bpe_dir = scratch / 'bpe'
+    train_bpe(text, bpe_dir)
   tiny_unet = ('--config.model.ch=8', '--config.model.ch_mult=(1,2)', '--config.model.num_res_blocks=1',
                '--config.model.num_groups=4', '--config.diffusion.num_timesteps=20')
   tiny_lm = ('--config.model.num_layers=1', '--config.model.num_heads=2', '--config.model.width=16',
              '--config.data.block_size=16', '--config.training.batch_size=4')
   tiny_gan = ('--config.model.width=8', '--config.model.latents=8', '--config.training.batch_size=8')
-  return Plan(True, npz, text, tiny_unet, tiny_lm, tiny_gan, 8, ('--steps=1', '--warmup=0'), 2,
+  return Plan(True, npz, text, bpe_dir, tiny_unet, tiny_lm, tiny_gan, 8, ('--steps=1', '--warmup=0'), 2,
               'ancestral,ddim:10,dpmpp_2m:5', 6, 2, 'ddpm_digits', 5, 2)
 
 
@@ -408,7 +423,8 @@ def run_check(smoke: bool, out: pathlib.Path, budget_s: float, pack: bool) -> tu
   gpt2 = sorted(ROOT.glob('configs/gpt2*.py'))
   if gpt2:
     check.figure('train_gpt2', 15 if smoke else 60, lambda t: bench_figure(
-        check, str(gpt2[0].relative_to(ROOT)), [f'--config.data.text_file={p.text}', *(p.lm if smoke else ())], t,
+        check, str(gpt2[0].relative_to(ROOT)), [f'--config.data.text_file={p.text}', f'--config.data.bpe_dir={p.bpe}',
+                                                *(p.lm if smoke else ())], t,
         extra=p.bench_steps))
   if torch_available(check):
     check.figure('sample_torch', 20 if smoke else 90, lambda t: torch_sample_figure(check, p, t))
