@@ -5,7 +5,7 @@ sampled with the same vocabulary: `info` describes a tokenizer in a few JSON val
 `from_info` rebuilds it, which is how `--mode=sample` decodes text without reading any data.
 """
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -93,3 +93,17 @@ def from_info(info: dict[str, str] | None) -> Tokenizer:
     return ByteTokenizer()
   raise UserError(f'no tokenizer is recorded in {info!r}: the checkpoints were not written by a language model; '
                   'use the config that wrote them, or a new workdir')
+
+
+def resolve(kind: str, data_info: dict[str, str] | None, train_text: Callable[[], str]) -> Tokenizer:
+  """The tokenizer `data_info` records (from a checkpoint: it must be of `kind`), else a new one of `kind`.
+
+  A new char vocabulary is that of `train_text()`, read only then.
+  """
+  if not data_info:
+    return build(kind, train_text())
+  tokenizer = from_info(data_info)
+  if tokenizer.unit != kind:
+    raise UserError(f'data.tokenizer={kind!r}, but the checkpoints were trained with {tokenizer.unit!r}: set '
+                    f'data.tokenizer={tokenizer.unit!r}, or use a new workdir')
+  return tokenizer
