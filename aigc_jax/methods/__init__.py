@@ -12,6 +12,7 @@ import ml_collections
 
 from aigc_jax import rules
 from aigc_jax.errors import UserError
+from aigc_jax.methods import autoencoder
 from aigc_jax.methods import classifier
 from aigc_jax.methods import ddpm
 from aigc_jax.methods import gan
@@ -19,7 +20,7 @@ from aigc_jax.methods import lm
 from aigc_jax.methods import vae
 from aigc_jax.methods.base import Method
 
-REGISTRY: dict[str, type[Method]] = {'classifier': classifier.Classifier, 'ddpm': ddpm.DDPM, 'gan': gan.GAN,
+REGISTRY: dict[str, type[Method]] = {'autoencoder': autoencoder.Autoencoder, 'classifier': classifier.Classifier, 'ddpm': ddpm.DDPM, 'gan': gan.GAN,
                                      'lm': lm.LM, 'vae': vae.VAE}
 
 

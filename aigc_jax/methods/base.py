@@ -123,6 +123,13 @@ class Method:
     """
     raise NotImplementedError
 
+  def part_variables(self, state: TrainState) -> Any:
+    """What a run of this method gives a method that takes it as a part (train/parts.py): its EMA params.
+
+    A method whose part needs more of its state (an autoencoder's latent scale) returns that too.
+    """
+    return state.ema_params
+
   def decode_samples(self, samples: dict[str, Any]) -> dict[str, Any]:
     """Host side: the gathered arrays of `sample` (and `sample_from_examples`) as `writers.write_samples` writes them.
 
