@@ -52,6 +52,25 @@ def encode(tokenizer: tokenizers.Tokenizer, texts: list[str], length: int,
   return tokens_NT, mask_NT
 
 
+def prompts(sample: ml_collections.ConfigDict) -> list[str]:
+  """The prompts to draw: `sample.prompt`, else the non-empty lines of `sample.prompts_file`, else `sample.prompts`."""
+  if sample.prompt:
+    return [sample.prompt]
+  if sample.prompts_file:
+    try:
+      with open(sample.prompts_file, encoding='utf-8') as f:
+        lines = [line.strip() for line in f if line.strip()]
+    except OSError as e:
+      raise UserError(f'cannot read sample.prompts_file={sample.prompts_file!r} ({e.strerror}): give a text file '
+                      'with one prompt per line') from None
+    if not lines:
+      raise UserError(f'sample.prompts_file={sample.prompts_file!r} holds no prompt: write one per line')
+    return lines
+  if not sample.prompts:
+    raise UserError('no prompt to draw: set sample.prompt, sample.prompts_file or sample.prompts')
+  return list(sample.prompts)
+
+
 def _npz(path: str, holdout: int, split: str) -> tuple[np.ndarray, list[str]]:
   if not os.path.isfile(path):
     raise UserError(f'data.npz_path={path!r} does not exist: give an .npz file with `images` (uint8 [N, H, W] or '

@@ -112,6 +112,10 @@ class Method:
     and of the eval metrics averaged over the split on the host."""
     return dict(means)
 
+  def sample_count(self, requested: int) -> int:
+    """How many samples one draw makes, given `sample.num`: that many, unless the method's prompts fix the count."""
+    return requested
+
   def sample(self, state: TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
     """`num` samples on one device, as arrays (it runs under pmap)."""
     raise UserError(f'{type(self).__name__} does not sample: use --mode=train or --mode=eval')

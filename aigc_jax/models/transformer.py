@@ -5,7 +5,9 @@ self-attention and a GELU MLP, a final LayerNorm, and logits from the token embe
 (tied weights). GPT-2 initialisation: N(0, 0.02) weights and zero biases, with the two
 residual projections of every block drawn from N(0, 0.02 / sqrt(2 * num_layers)) so the
 residual stream does not grow with depth. Dropout after the embeddings, on the attention
-weights and on each residual branch, as in nanoGPT.
+weights and on each residual branch, as in nanoGPT. With `causal=False` every position attends to
+every other: the bidirectional encoder of a masked-token model (methods/masked.py), or, with a key
+padding mask (`encode`), the text encoder of latent diffusion (methods/ldm.py).
 
 Shapes: B batch, T query positions, S cached positions (= block_size), D width, N heads,
 E head width (D / N), V vocabulary.
@@ -27,31 +29,38 @@ _init = nn.initializers.normal(0.02)
 
 
 def causal_attention(q_BTNE: jax.Array, k_BTNE: jax.Array, v_BTNE: jax.Array,
-                     dropout: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """softmax(QK^T / sqrt(E)) V over earlier positions, with `dropout` on the attention weights.
+                     dropout: Callable[[jax.Array], jax.Array], causal: bool = True,
+                     mask_BS: jax.Array | None = None) -> jax.Array:
+  """softmax(QK^T / sqrt(E)) V over earlier positions (all of them if not `causal`), `dropout` on the weights.
 
   `jax.nn.dot_product_attention` has no dropout on the weights; this spelled-out form is
   used only when training with dropout.
   """
   T, E = q_BTNE.shape[1], q_BTNE.shape[3]
   logits_BNTS = jnp.einsum('btne,bsne->bnts', q_BTNE, k_BTNE).astype(jnp.float32) / math.sqrt(E)
-  causal_TS = jnp.tril(jnp.ones((T, T), bool))
-  w_BNTS = jax.nn.softmax(jnp.where(causal_TS, logits_BNTS, -jnp.inf), axis=-1)
+  visible_TS = jnp.tril(jnp.ones((T, T), bool)) if causal else jnp.ones((T, T), bool)
+  visible = visible_TS if mask_BS is None else visible_TS & mask_BS[:, None, None, :]
+  w_BNTS = jax.nn.softmax(jnp.where(visible, logits_BNTS, -jnp.inf), axis=-1)
   return jnp.einsum('bnts,bsne->btne', dropout(w_BNTS).astype(v_BTNE.dtype), v_BTNE)
 
 
 class SelfAttention(nn.Module):
-  """Causal multi-head self-attention: heads concatenated, then projected back to D."""
+  """Causal (or bidirectional) multi-head self-attention: heads concatenated, then projected back to D."""
   num_heads: int
   dropout: float
   residual_init: Callable
   use_bias: bool
   dtype: Any
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
-               pos: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """With `cache`, x holds positions pos..pos+T-1, which attend to the cache and themselves."""
+               pos: jax.Array | int = 0,
+               mask_BS: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """With `cache`, x holds positions pos..pos+T-1, which attend to the cache and themselves.
+
+    `mask_BS` (bool [B, T], no cache) hides the keys of padding positions (False) from every query.
+    """
     B, T, D = x_BTD.shape
     N = self.num_heads
     qkv_BT3NE = layers.Dense(3 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='qkv')(
@@ -66,9 +75,10 @@ class SelfAttention(nn.Module):
       cache = (k_BSNE, v_BSNE)
     elif train and self.dropout > 0:
       y_BTNE = causal_attention(q_BTNE, k_BTNE, v_BTNE,
-                                lambda w: nn.Dropout(self.dropout)(w, deterministic=False))
+                                lambda w: nn.Dropout(self.dropout)(w, deterministic=False), self.causal, mask_BS)
     else:
-      y_BTNE = jax.nn.dot_product_attention(q_BTNE, k_BTNE, v_BTNE, is_causal=True)
+      y_BTNE = jax.nn.dot_product_attention(q_BTNE, k_BTNE, v_BTNE, is_causal=self.causal,
+                                            mask=None if mask_BS is None else mask_BS[:, None, None, :])
     y_BTD = layers.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
                          name='out')(y_BTNE.reshape(B, T, D))
     return nn.Dropout(self.dropout)(y_BTD, deterministic=not train), cache
@@ -81,14 +91,16 @@ class Block(nn.Module):
   residual_init: Callable
   use_bias: bool
   dtype: Any
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
-               pos: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+               pos: jax.Array | int = 0,
+               mask_BS: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     D = x_BTD.shape[-1]
     h_BTD = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='attn_norm')(x_BTD)
     h_BTD, cache = SelfAttention(self.num_heads, self.dropout, self.residual_init, self.use_bias,
-                                 self.dtype, name='attn')(h_BTD, train, cache, pos)
+                                 self.dtype, causal=self.causal, name='attn')(h_BTD, train, cache, pos, mask_BS)
     x_BTD = x_BTD + h_BTD
     mlp_norm = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='mlp_norm')
     mlp_in = layers.Dense(4 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='mlp_in')
@@ -110,6 +122,8 @@ class Transformer(nn.Module):
     dropout: dropout rate (train only).
     use_bias: biases in the Dense and LayerNorm layers (nanoGPT's `bias`).
     dtype: computation dtype; parameters and logits are float32.
+    causal: each position attends to itself and earlier ones (a next-token model); False: to every
+      position (a masked-token model, which has no key/value cache: `decode` is for causal models).
   """
   vocab_size: int
   block_size: int
@@ -119,13 +133,14 @@ class Transformer(nn.Module):
   dropout: float = 0.0
   use_bias: bool = False
   dtype: Any = jnp.float32
+  causal: bool = True
 
   def setup(self):
     residual_init = nn.initializers.normal(0.02 / math.sqrt(2 * self.num_layers))
     self.token_embed = layers.Embed(self.vocab_size, self.width, embedding_init=_init, dtype=self.dtype)
     self.pos_embed = nn.Embed(self.block_size, self.width, embedding_init=_init, dtype=self.dtype)
     self.embed_dropout = nn.Dropout(self.dropout)
-    self.blocks = [Block(self.num_heads, self.dropout, residual_init, self.use_bias, self.dtype)
+    self.blocks = [Block(self.num_heads, self.dropout, residual_init, self.use_bias, self.dtype, causal=self.causal)
                    for _ in range(self.num_layers)]
     self.final_norm = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype)
 
@@ -138,17 +153,26 @@ class Transformer(nn.Module):
     return self.token_embed.attend(self.final_norm(x_BTD)).astype(jnp.float32)
 
   def __call__(self, tok_BT: jax.Array, train: bool = False) -> jax.Array:
-    """float32 logits [B, T, V] of the token after each of the T <= block_size positions."""
+    """float32 logits [B, T, V] of the token after each of the T <= block_size positions (causal), or at it."""
     x_BTD = self._embed(tok_BT, 0, train)
     for block in self.blocks:
       x_BTD, _ = block(x_BTD, train)
     return self._logits(x_BTD)
+
+  def encode(self, tok_BT: jax.Array, mask_BT: jax.Array, train: bool = False) -> jax.Array:
+    """The final-normed hidden states [B, T, D] of every position, padding positions (mask False) hidden as keys."""
+    x_BTD = self._embed(tok_BT, 0, train)
+    for block in self.blocks:
+      x_BTD, _ = block(x_BTD, train, mask_BS=mask_BT)
+    return self.final_norm(x_BTD)
 
   def decode(self, tok_BT: jax.Array, cache: Cache, pos: jax.Array | int) -> tuple[jax.Array, Cache]:
     """Logits [B, T, V] of tokens at positions pos..pos+T-1 given the cache of positions < pos.
 
     Returns the cache with these positions' keys and values added; pos + T <= block_size.
     """
+    if not self.causal:
+      raise ValueError('a bidirectional Transformer has no key/value cache: call it on the whole sequence')
     x_BTD = self._embed(tok_BT, pos, False)
     new_cache = []
     for block, kv in zip(self.blocks, cache):
