@@ -116,3 +116,24 @@ def test_captioned_sources_give_tokens_and_padding_masks(benchmark, tmp_path):
     captions.encode(tokenizers.ByteTokenizer(), words, 10)
   with pytest.raises(UserError, match=r'has no train/metadata.jsonl'):
     captions.load(_caption_config(image_folder=str(tmp_path)), 'train')
+
+
+def test_caption_accuracy_reads_digits_and_colours_back_by_the_grammar():
+  from aigc_jax.evaluation import captions as caption_eval
+  templates = [np.zeros((28, 28), np.uint8) for _ in range(10)]
+  for d, t in enumerate(templates):  # digit d: a bar at its own height
+    t[2 * d + 2:2 * d + 8, 4:24] = 255
+  cells = np.stack([scenes.cell(t) for t in templates]).astype(np.float32)
+
+  def classify(gray_N16161):  # the oracle: the nearest template
+    return np.argmin(((gray_N16161[..., 0][:, None].astype(np.float32) - cells[None]) ** 2).sum((2, 3)), axis=1)
+
+  drawn = [('red', 3, 'green', 7), ('white', 1, 'cyan', 4), ('magenta', 9, 'blue', 0), ('yellow', 5, 'red', 0)]
+  images = np.stack([scenes.render(templates[d1], c1, templates[d2], c2) for c1, d1, c2, d2 in drawn])
+  assert caption_eval.read(images, classify) == drawn
+  prompts = ['green 7 right of red 3', 'white 1 left of cyan 4',  # right, seen; right, held-out (white 1)
+             'magenta 9 left of green 0', 'red 0 right of yellow 5']  # wrong colour; right, held-out (red 0)
+  got = caption_eval.accuracy(images, prompts + [], classify)
+  assert got['caption_accuracy'] == 0.75 and got['colour_accuracy'] == 7 / 8 and got['digit_accuracy'] == 1.0
+  assert got['caption_accuracy_seen'] == 0.5 and got['caption_accuracy_held_out'] == 1.0
+  assert caption_eval.accuracy(images, ['a photo of a cat'] * 4, classify) == {}

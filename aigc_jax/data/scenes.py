@@ -6,7 +6,8 @@
 writes DIR/train/ and DIR/test/ in the imagefolder layout (PNGs and a metadata.jsonl of
 {"file_name": <relative to that folder>, "text": <caption>} rows), plus DIR/cells.npz: the
 10,000 digits as the scenes draw them (16x16, gray) with their labels, its first 8,000 the
-digits of the training scenes, for the cell classifier that reads scenes back
+digits of the training scenes, and DIR/test_prompts.txt: up to 500 test captions of seen pairs, then up
+to 500 with a held-out pair (`--config.sample.prompts_file` of a caption-accuracy eval); the cells for the cell classifier that reads scenes back
 (`python -m aigc_jax.evaluation.feature_net --dataset=mnist_cells`). The grammar is fixed,
 because evaluation reads images back by it:
 
@@ -42,6 +43,7 @@ RGB = {'red': (1, 0, 0), 'green': (0, 1, 0), 'blue': (0, 0, 1), 'yellow': (1, 1,
        'cyan': (0, 1, 1), 'white': (1, 1, 1)}
 SIZE, CELL, TOP = 32, 16, 8  # canvas side; a digit's side; its first row
 TRAIN_POOL = 8000            # the first 8,000 t10k digits serve the training scenes, the rest the test scenes
+EVAL_PROMPTS = 500           # test captions of seen pairs, and of held-out pairs, in test_prompts.txt
 CAPTION = re.compile(r'^(\w+) (\d) (left|right) of (\w+) (\d)$')
 
 Pair = tuple[str, int]               # (colour, digit)
@@ -102,7 +104,7 @@ def _scenes(rng: np.random.Generator, n: int, held_out_share: float) -> list[Sce
 
 
 def _write_split(folder: str, scenes: list[Scene], digits: np.ndarray, labels: np.ndarray,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator) -> list[str]:
   os.makedirs(folder, exist_ok=True)
   by_digit = {d: np.flatnonzero(labels == d) for d in range(10)}
   rows = []
@@ -115,6 +117,7 @@ def _write_split(folder: str, scenes: list[Scene], digits: np.ndarray, labels: n
   with open(os.path.join(folder, 'metadata.jsonl.tmp'), 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in rows)
   os.replace(os.path.join(folder, 'metadata.jsonl.tmp'), os.path.join(folder, 'metadata.jsonl'))
+  return [r['text'] for r in rows]
 
 
 def generate(digits: np.ndarray, labels: np.ndarray, out: str, train: int, test: int, seed: int) -> None:
@@ -124,7 +127,12 @@ def generate(digits: np.ndarray, labels: np.ndarray, out: str, train: int, test:
                     f'images {list(digits.shape)} and labels {list(labels.shape)}')
   rng = np.random.default_rng(seed)
   _write_split(os.path.join(out, 'train'), _scenes(rng, train, 0.0), digits[:TRAIN_POOL], labels[:TRAIN_POOL], rng)
-  _write_split(os.path.join(out, 'test'), _scenes(rng, test, 0.5), digits[TRAIN_POOL:], labels[TRAIN_POOL:], rng)
+  texts = _write_split(os.path.join(out, 'test'), _scenes(rng, test, 0.5), digits[TRAIN_POOL:],
+                       labels[TRAIN_POOL:], rng)
+  seen = [t for t in texts if not has_held_out_pair(parse(t))][:EVAL_PROMPTS]
+  unseen = [t for t in texts if has_held_out_pair(parse(t))][:EVAL_PROMPTS]
+  with open(os.path.join(out, 'test_prompts.txt'), 'w') as f:
+    f.writelines(t + '\n' for t in seen + unseen)
   cells = np.stack([cell(d) for d in digits])[..., None]
   np.savez(os.path.join(out, 'cells.npz'), images=cells, labels=labels.astype(np.int32))
 
