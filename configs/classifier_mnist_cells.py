@@ -6,7 +6,9 @@ reads the digits of generated scenes back (caption accuracy) and gives their FID
         --config.data.npz_path=workdirs/mnist_pairs/cells.npz
 
 trains on the first 8,000 digits (those of the training scenes) and reports its accuracy on the
-last 2,000 (those of the test scenes) in feature_net.json.
+last 2,000 (those of the test scenes) in feature_net.json: 88.65% after these 600 steps (27 minutes on a
+2-core CPU shared with ~8 other runs). That bounds caption accuracy (two cells) near 0.79: train it longer
+(e.g. configs/classifier_mnist.py's widths and 1,000+ steps, 99.2% on 28x28 MNIST) before judging samples.
 """
 
 import ml_collections
