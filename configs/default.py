@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.inception_weights = ''       # pt_inception-2015-12-05-6726825d.pth (or its cached .npz); '' = the cache
   ev.reference_split = ''         # real images the samples are compared with; '' = data.train_split
 
+  config.init_from = ''  # LM: a Hugging Face GPT-2 folder (interop/gpt2.py) to start from when the workdir has no checkpoint
   config.parts = ml_collections.ConfigDict()  # models from other runs a method builds on: name -> '<workdir>[@step]'
   return config
 
@@ -96,7 +97,8 @@ def captioned_data(*, name: str, image_size: int, channels: int, caption_length:
   data = image_data(name=name, image_size=image_size, channels=channels, random_flip=False)
   data.kind = 'captioned'
   data.caption_key = 'caption'        # TFDS: the text feature holding the caption
-  data.tokenizer = 'char'             # 'char' (characters of the training captions) or 'byte'
+  data.tokenizer = 'char'             # 'char' (characters of the training captions), 'byte' or 'bpe'
+  data.bpe_dir = ''                   # data.tokenizer='bpe': GPT-2's vocab.json + merges.txt (or tokenizer.json)
   data.caption_length = caption_length  # token positions: a start token, the caption, padding
   return _set(data, values)
 
@@ -112,6 +114,7 @@ def text_data(*, name: str, block_size: int, **values: Any) -> ml_collections.Co
   data.tfds_data_dir = ''         # TFDS data_dir ('' = TFDS's default, ~/tensorflow_datasets)
   data.train_split = 'train'
   data.eval_split = 'validation'
-  data.tokenizer = 'char'         # 'char' (vocabulary of the training text) or 'byte' (256 values)
+  data.tokenizer = 'char'         # 'char' (vocabulary of the training text), 'byte' (256 values) or 'bpe'
+  data.bpe_dir = ''               # data.tokenizer='bpe': GPT-2's vocab.json + merges.txt (or tokenizer.json)
   data.block_size = block_size    # context length: tokens per training window (plus one target)
   return _set(data, values)

@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.width = 384
   model.dropout = 0.2
   model.use_bias = False
+  model.activation = 'gelu_tanh'  # GPT-2's tanh GELU; 'gelu': the exact erf form
   model.dtype = 'auto'        # bfloat16 compute on GPUs/TPUs, float32 on CPUs (methods/precision.py)
 
   config.optim.optimizer = 'adamw'
@@ -51,11 +52,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.top_k = 200       # 0: off
   config.sample.top_p = 1.0       # 1: off
   config.sample.kv_cache = True   # False: every token recomputes its whole context (slow reference)
-  config.sample.method = 'sample'  # or 'beam': beam search (deterministic; the keys below)
+  config.sample.method = 'sample'  # or 'greedy', or 'beam': beam search (deterministic; the keys below)
   config.sample.num_beams = 5
   config.sample.length_penalty = 1.0  # beam: a hypothesis scores sum log p / (new tokens) ** this
-  config.sample.no_repeat_ngram_size = 0  # beam: no n-gram of this size twice (0: off)
-  config.sample.end_token = ''    # beam: the token that ends a hypothesis early, e.g. '\n' ('' = none)
+  config.sample.no_repeat_ngram_size = 0  # no n-gram of this size twice (0: off)
+  config.sample.early_stopping = True  # beam: stop at num_beams finished hypotheses (False: once none can win)
+  config.sample.max_length = 0    # prompt + new tokens, as transformers' max_length (0: sample.length new)
+  config.sample.end_token = ''    # the token that ends a sample early, e.g. '\n' ('' = none)
 
   config.eval.batch_size = 64
   return config

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aigc_jax.methods import lm
+from aigc_jax.methods import generation
 from aigc_jax.methods.beam_search import beam_search
 from aigc_jax.methods.beam_search import repeated_ngram_tokens
 from aigc_jax.models.transformer import Transformer
@@ -46,7 +46,7 @@ def _token_logprobs(forward, params, seq, start, n):
 def test_one_beam_is_greedy_decoding(model_and_params, length):
   model, params, _ = model_and_params
   beams = _search(model, params, PROMPTS, length, 1)
-  greedy, _ = jax.jit(lambda p, pr: lm.generate(model, p, pr, jax.random.PRNGKey(0), length, temperature=0.0))(
+  greedy, _ = jax.jit(lambda p, pr: generation.generate(model, p, pr, jax.random.PRNGKey(0), length, temperature=0.0))(
       params, PROMPTS)
   np.testing.assert_array_equal(beams.tokens_BL, greedy)
   assert np.all(beams.num_new_B == length)
@@ -122,7 +122,7 @@ def test_beams_of_a_batch_of_prompts_do_not_mix(model_and_params):
 def test_sampled_tokens_come_with_their_log_probabilities(model_and_params):
   model, params, forward = model_and_params
   length = BLOCK + 2
-  tok, logp = jax.jit(lambda p, pr: lm.generate(model, p, pr, jax.random.PRNGKey(2), length, temperature=0.8,
+  tok, logp = jax.jit(lambda p, pr: generation.generate(model, p, pr, jax.random.PRNGKey(2), length, temperature=0.8,
                                                 top_k=4))(params, PROMPTS)
   assert np.all(np.asarray(logp)[:, :3] == 0)
   for seq, lp in zip(np.asarray(tok), np.asarray(logp)):

@@ -18,6 +18,7 @@ from aigc_jax import methods
 from aigc_jax.data import text
 from aigc_jax.data import tokenizers
 from aigc_jax.errors import UserError
+from aigc_jax.methods import generation
 from aigc_jax.methods import lm
 from aigc_jax.models.transformer import Transformer
 from aigc_jax.models.transformer import causal_attention
@@ -205,7 +206,7 @@ def test_cached_decoding_matches_recomputing_the_prefix(model_and_params):
 def test_greedy_generation_equals_greedy_recomputation(model_and_params, length):
   model, params, forward, _ = model_and_params
   prompt = np.array([[1, 2, 3], [4, 4, 0]], np.int32)
-  got, _ = jax.jit(lambda p, pr: lm.generate(model, p, pr, jax.random.PRNGKey(0), length, temperature=0.0))(
+  got, _ = jax.jit(lambda p, pr: generation.generate(model, p, pr, jax.random.PRNGKey(0), length, temperature=0.0))(
       params, prompt)
   seqs = [list(row) for row in prompt]
   for _ in range(length):
@@ -221,7 +222,7 @@ def test_greedy_generation_equals_greedy_recomputation(model_and_params, length)
 def test_sampling_with_the_cache_draws_what_recomputation_draws(model_and_params, length):
   model, params, _, _ = model_and_params
   prompt = np.array([[1, 2, 3], [4, 4, 0]], np.int32)
-  draw = jax.jit(lambda p, pr, kv: lm.generate(model, p, pr, jax.random.PRNGKey(5), length, temperature=1.0,
+  draw = jax.jit(lambda p, pr, kv: generation.generate(model, p, pr, jax.random.PRNGKey(5), length, temperature=1.0,
                                                top_k=8, kv_cache=kv), static_argnums=2)
   (tok, logp), (ref_tok, ref_logp) = draw(params, prompt, True), draw(params, prompt, False)
   np.testing.assert_array_equal(tok, ref_tok)
@@ -231,11 +232,11 @@ def test_sampling_with_the_cache_draws_what_recomputation_draws(model_and_params
 def test_next_token_filters():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 256))
   keys = jax.random.PRNGKey(0)
-  assert set(np.asarray(lm.next_token(logits, keys, 1.0, 2, 1.0)).tolist()) == {0, 1}
-  assert set(np.asarray(lm.next_token(logits, keys, 1.0, 0, 0.7)).tolist()) == {0, 1}
-  assert set(np.asarray(lm.next_token(logits, keys, 1.0, 0, 0.85)).tolist()) == {0, 1, 2}
-  assert set(np.asarray(lm.next_token(logits, keys, 1.0, 0, 1.0)).tolist()) == {0, 1, 2, 3}
-  np.testing.assert_array_equal(lm.next_token(logits, keys, 0.0, 0, 1.0), 0)
+  assert set(np.asarray(generation.next_token(logits, keys, 1.0, 2, 1.0)).tolist()) == {0, 1}
+  assert set(np.asarray(generation.next_token(logits, keys, 1.0, 0, 0.7)).tolist()) == {0, 1}
+  assert set(np.asarray(generation.next_token(logits, keys, 1.0, 0, 0.85)).tolist()) == {0, 1, 2}
+  assert set(np.asarray(generation.next_token(logits, keys, 1.0, 0, 1.0)).tolist()) == {0, 1, 2, 3}
+  np.testing.assert_array_equal(generation.next_token(logits, keys, 0.0, 0, 1.0), 0)
 
 
 def _step_run(config, devices, batches):

@@ -11,6 +11,7 @@ import ml_collections
 from aigc_jax.data import captions
 from aigc_jax.data import images
 from aigc_jax.data import text
+from aigc_jax.data import tokenizers
 from aigc_jax.data.pipeline import ImageBatches
 from aigc_jax.data.pipeline import TextBatches
 from aigc_jax.errors import UserError
@@ -37,3 +38,11 @@ def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, see
                            process_count=process_count, local_devices=local_devices, train=train,
                            data_info=data_info)
   raise UserError(f"data.kind={cfg.kind!r} is unknown: use 'images', 'captioned' or 'text'")
+
+
+def info_without_data(cfg: ml_collections.ConfigDict) -> dict[str, str]:
+  """The data info of a run that starts from no data: a text run whose tokenizer needs none (BPE files, bytes)."""
+  if cfg.kind == 'text' and cfg.tokenizer in ('bpe', 'byte'):
+    return tokenizers.build(cfg.tokenizer, '', cfg.bpe_dir).info
+  raise UserError(f'data.kind={cfg.kind!r} with data.tokenizer={cfg.get("tokenizer")!r} needs the data to know its '
+                  "vocabulary: train first, or use data.tokenizer='bpe' with data.bpe_dir")

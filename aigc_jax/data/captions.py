@@ -166,7 +166,8 @@ def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, see
   """Batches of images and caption tokens of `split`, tokenized as `data_info` says (resuming) or the config says."""
   x, texts = load(cfg, split, process_index, process_count)
   tokenizer = tokenizers.resolve(
-      cfg.tokenizer, data_info, lambda: ''.join(texts) if split == cfg.train_split else _training_captions(cfg))
+      cfg.tokenizer, data_info, lambda: ''.join(texts) if split == cfg.train_split else _training_captions(cfg),
+      cfg.bpe_dir)
   tokens_NT, mask_NT = encode(tokenizer, texts, cfg.caption_length, what=f'a {split!r} caption')
   return CaptionBatches(x, tokens_NT, mask_NT, tokenizer.info, global_batch, seed=seed, process_index=process_index,
                         process_count=process_count, local_devices=local_devices, shuffle=train,

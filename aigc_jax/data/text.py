@@ -101,7 +101,8 @@ def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, see
   """
   text, source = load(cfg, split)
   tokenizer = tokenizers.resolve(cfg.tokenizer, data_info,
-                                 lambda: text if split == cfg.train_split else load(cfg, cfg.train_split)[0])
+                                 lambda: text if split == cfg.train_split else load(cfg, cfg.train_split)[0],
+                                 cfg.bpe_dir)
   tokens = tokenizer.encode(text, what=f'{source} split {split!r}')
   lo, hi = shards.bounds(len(tokens), process_index, process_count)
   tokens = tokens[lo:hi]

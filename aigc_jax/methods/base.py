@@ -94,6 +94,10 @@ class Method:
     """(params, model_state) of a fresh model: shapes from the config and data info, so no data are needed."""
     raise NotImplementedError
 
+  def warm_start(self, state: TrainState) -> TrainState:
+    """A fresh `state` with weights from outside the run (the LM's `init_from`); as it is by default."""
+    return state
+
   def loss(self, params: Any, batch: Batch, rng: Rng, model_state: Any) -> tuple[jax.Array, tuple[Metrics, Any]]:
     """The loss of a one-network method (see Phase)."""
     raise NotImplementedError

@@ -1,13 +1,13 @@
-"""A decoder-only Transformer language model: next-token cross-entropy, and sampling with a KV cache.
+"""A decoder-only Transformer language model: next-token cross-entropy, and decoding as transformers' generate.
 
 Metrics are the mean next-token loss (nats), its perplexity exp(loss), and bits per
-character or byte (loss / ln 2, one token being one character or byte). Sampling continues
-`sample.prompt` for `sample.length` tokens in one jitted program: the prompt fills the
-cache in one call, a `lax.scan` then adds one token per step attending to the cache, and
-past `data.block_size` positions a second scan re-reads the last block_size tokens at
-every step (the position embedding ends there, so cached keys cannot be reused).
-`sample.kv_cache=False` recomputes every token's whole context instead: the slow reference.
-`sample.method='beam'` decodes by beam search (`beam_search.py`) instead of sampling.
+character, byte or BPE token (loss / ln 2). Sampling continues `sample.prompt` by
+`sample.method`: 'sample' (temperature / top-k / top-p) or 'greedy' (`generation.py`, one jitted
+program with a key/value cache, past `data.block_size` re-reading the last block_size tokens), or
+'beam' (`beam_search.py`), for `sample.length` new tokens or up to `sample.max_length` in all, a row
+ending at `sample.end_token`. `sample.kv_cache=False` recomputes every token's whole context instead:
+the slow reference. With `init_from` (a Hugging Face GPT-2 folder, `interop/gpt2.py`) the model's
+shape is that checkpoint's, and a fresh run starts from its weights.
 """
 
 import math
@@ -21,95 +21,18 @@ import optax
 
 from aigc_jax.data import tokenizers
 from aigc_jax.errors import UserError
+from aigc_jax.interop import gpt2
 from aigc_jax.methods import beam_search
+from aigc_jax.methods import generation
 from aigc_jax.methods import precision
 from aigc_jax.methods.base import Batch
 from aigc_jax.methods.base import Method
 from aigc_jax.methods.base import Metrics
+from aigc_jax.models.transformer import ACTIVATIONS
 from aigc_jax.models.transformer import Transformer
-from aigc_jax.models.transformer import empty_cache
 from aigc_jax.randomness import Rng
 from aigc_jax.rules import Rule
 from aigc_jax.train.state import TrainState
-
-
-def next_token(logits_BV: jax.Array, rng: jax.Array, temperature: float, top_k: int,
-               top_p: float) -> jax.Array:
-  """int32 [B] tokens drawn from softmax(logits / temperature), restricted to the top k and top p.
-
-  temperature 0 takes the most likely token; top_k 0 and top_p 1 leave those filters off.
-  Tokens whose logit ties a cutoff are all kept: top_k may keep more than k tokens (as Hugging
-  Face's top-k does) and top_p more mass than needed (Hugging Face's top-p keeps a prefix of its sort).
-  """
-  if temperature == 0:
-    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-  logits_BV = logits_BV / temperature
-  if top_k:
-    kth_B1 = jax.lax.top_k(logits_BV, min(top_k, logits_BV.shape[-1]))[0][:, -1:]
-    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-  if top_p < 1.0:
-    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-    # Keep the most likely tokens until their mass reaches top_p (at least one).
-    kept_B = jnp.sum(jnp.cumsum(probs_BV, axis=-1) - probs_BV < top_p, axis=-1)
-    cutoff_B1 = jnp.take_along_axis(sorted_BV, kept_B[:, None] - 1, axis=-1)
-    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
-  return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
-
-
-def generate(model: Transformer, params: Any, prompt_BP: jax.Array, rng: jax.Array, length: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             kv_cache: bool = True) -> tuple[jax.Array, jax.Array]:
-  """The prompts followed by `length` sampled tokens, int32 [B, P + length], and each token's log-probability.
-
-  The log-probabilities (float32 [B, P + length], 0 at the prompt) are the model's own, at
-  temperature 1 and unfiltered: how likely the model finds the text. The token at position q
-  is drawn with the key fold_in(rng, q), so both ways of computing the logits draw the same
-  tokens. Without `kv_cache` every token re-reads its whole context (the reference the cache
-  is checked and timed against). P <= block_size.
-  """
-  B, P = prompt_BP.shape
-  L, S = P + length, model.block_size
-  tok_BL = jnp.zeros((B, L), jnp.int32).at[:, :P].set(prompt_BP)
-
-  def put(seq, logits_BV, q):
-    """Draws the token at position q from `logits_BV` into seq = (tokens, log-probabilities)."""
-    tok_BL, logp_BL = seq
-    t_B = next_token(logits_BV, jax.random.fold_in(rng, q), temperature, top_k, top_p)
-    logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV.astype(jnp.float32)), t_B[:, None], axis=1)
-    return (jax.lax.dynamic_update_slice_in_dim(tok_BL, t_B[:, None], q, axis=1),
-            jax.lax.dynamic_update_slice_in_dim(logp_BL, logp_B, q, axis=1))
-
-  seq = (tok_BL, jnp.zeros((B, L), jnp.float32))
-  if kv_cache:
-    logits_BPV, cache = model.apply({'params': params}, prompt_BP, empty_cache(model, B), 0,
-                                    method=Transformer.decode)
-    seq = put(seq, logits_BPV[:, -1], P)
-
-    def cached_step(carry, p):
-      """Feeds the token at position p (< S) and draws the one at p + 1."""
-      seq, cache = carry
-      logits_B1V, cache = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(seq[0], p, 1, axis=1),
-                                      cache, p, method=Transformer.decode)
-      return (put(seq, logits_B1V[:, 0], p + 1), cache), None
-
-    (seq, _), _ = jax.lax.scan(cached_step, (seq, cache), jnp.arange(P, min(L - 1, S)))
-  else:
-    def full_step(seq, q):
-      """Draws the token at position q (<= S) from all positions before it, recomputed."""
-      logits_BTV = model.apply({'params': params}, seq[0][:, :min(L, S)])
-      return put(seq, jax.lax.dynamic_index_in_dim(logits_BTV, q - 1, axis=1, keepdims=False), q), None
-
-    seq, _ = jax.lax.scan(full_step, seq, jnp.arange(P, min(L - 1, S) + 1))
-
-  def window_step(seq, q):
-    """Draws the token at position q (> S) from the S tokens before it."""
-    logits_BSV = model.apply({'params': params}, jax.lax.dynamic_slice_in_dim(seq[0], q - S, S, axis=1))
-    return put(seq, logits_BSV[:, -1], q), None
-
-  if L > S + 1:
-    seq, _ = jax.lax.scan(window_step, seq, jnp.arange(S + 1, L))
-  return seq
 
 
 class LM(Method):
@@ -121,6 +44,8 @@ class LM(Method):
            lambda c: f'model.dtype={c.model.dtype!r} is unknown: use one of {", ".join(precision.CHOICES)}'),
       Rule('model.num_heads', lambda c: c.model.width % c.model.num_heads == 0,
            'model.num_heads={model.num_heads} must divide model.width={model.width}: change one of them'),
+      Rule('model.activation', lambda c: c.model.activation in ACTIVATIONS,
+           lambda c: f'model.activation={c.model.activation!r} is unknown: use one of {", ".join(ACTIVATIONS)}'),
       Rule('model.dropout', lambda c: 0.0 <= c.model.dropout < 1.0, 'model.dropout={model.dropout} must be in [0, 1)'),
       Rule('data.block_size', lambda c: c.data.block_size >= 1,
            'data.block_size={data.block_size} must be positive'),
@@ -132,9 +57,11 @@ class LM(Method):
       Rule('sample.top_k', lambda c: c.sample.top_k >= 0, 'sample.top_k={sample.top_k} must be >= 0 (0: no top-k filter)'),
       Rule('sample.top_p', lambda c: 0.0 < c.sample.top_p <= 1.0,
            'sample.top_p={sample.top_p} must be in (0, 1] (1: no nucleus filter)'),
-      Rule('sample.method', lambda c: c.sample.method in ('sample', 'beam'),
-           "sample.method={sample.method!r} is unknown: use 'sample' (temperature / top-k / top-p) or 'beam' "
-           "(beam search)"),
+      Rule('sample.method', lambda c: c.sample.method in ('sample', 'greedy', 'beam'),
+           "sample.method={sample.method!r} is unknown: use 'sample' (temperature / top-k / top-p), 'greedy' or "
+           "'beam' (beam search)"),
+      Rule('sample.max_length', lambda c: c.sample.max_length >= 0,
+           'sample.max_length={sample.max_length} must be >= 0 (0: sample.length new tokens)'),
       Rule('sample.num_beams', lambda c: c.sample.num_beams >= 1, 'sample.num_beams={sample.num_beams} must be >= 1'),
       Rule('sample.no_repeat_ngram_size', lambda c: c.sample.no_repeat_ngram_size >= 0,
            'sample.no_repeat_ngram_size={sample.no_repeat_ngram_size} must be >= 0 (0: no restriction)'),
@@ -147,14 +74,29 @@ class LM(Method):
     self.tokenizer = tokenizers.from_info(data_info)
     self.bits_name = f'bits_per_{self.tokenizer.unit}'
     m = config.model
-    self.model = Transformer(vocab_size=self.tokenizer.vocab_size, block_size=config.data.block_size,
-                             num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
-                             dropout=m.dropout, use_bias=m.use_bias, dtype=precision.compute_dtype(m.dtype))
+    self.init_from = config.init_from
+    if config.init_from:  # the shape is the checkpoint's
+      settings = gpt2.read_config(config.init_from)
+      if self.tokenizer.vocab_size > settings['vocab_size']:
+        raise UserError(f'the tokenizer has {self.tokenizer.vocab_size} tokens, the model of init_from='
+                        f'{config.init_from!r} only {settings["vocab_size"]}: use that model\'s tokenizer files '
+                        '(data.bpe_dir)')
+      settings['block_size'] = config.data.block_size
+    else:
+      settings = {'vocab_size': self.tokenizer.vocab_size, 'block_size': config.data.block_size,
+                  'num_layers': m.num_layers, 'num_heads': m.num_heads, 'width': m.width,
+                  'activation': m.activation, 'use_bias': m.use_bias}
+    self.model_settings = settings  # the Transformer's shape and choices (interop/gpt2.py exports them)
+    self.model = Transformer(**settings, dropout=m.dropout, dtype=precision.compute_dtype(m.dtype))
     s = config.sample
     self.prompt_P = self.tokenizer.encode(s.prompt, what=f'sample.prompt={s.prompt!r}')
     if len(self.prompt_P) > config.data.block_size:
       raise UserError(f'sample.prompt is {len(self.prompt_P)} tokens, longer than data.block_size='
                       f'{config.data.block_size}: shorten it')
+    self.num_new = s.max_length - len(self.prompt_P) if s.max_length else s.length  # new tokens
+    if self.num_new < 1:
+      raise UserError(f'sample.max_length={s.max_length} leaves no new token after the {len(self.prompt_P)} of '
+                      'sample.prompt: raise it (it counts the prompt and the new tokens)')
     self.end_id = None
     if s.end_token:
       end = self.tokenizer.encode(s.end_token, what=f'sample.end_token={s.end_token!r}')
@@ -167,6 +109,14 @@ class LM(Method):
   def init(self, rng: jax.Array) -> tuple[Any, Any]:
     tok_BT = jnp.zeros((1, self.model.block_size), jnp.int32)
     return self.model.init({'params': rng}, tok_BT)['params'], {}
+
+  def warm_start(self, state: TrainState) -> TrainState:
+    """The fresh state with the params (and EMA) of the GPT-2 checkpoint `init_from`, if one is set."""
+    if not self.init_from:
+      return state
+    _, params = gpt2.load(self.init_from, self.model.block_size)
+    on_device = lambda: jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), params, state.params)
+    return state.replace(params=on_device(), ema_params=on_device())  # two buffers: the step donates both
 
   def _losses(self, params: Any, tokens_BT1: jax.Array, train: bool, rng: jax.Array | None = None) -> jax.Array:
     """Cross-entropy [B, T] of each window's tokens 1..T given the ones before them."""
@@ -188,29 +138,39 @@ class LM(Method):
     return {**means, 'perplexity': jnp.exp(means['loss']), self.bits_name: means['loss'] / math.log(2.0)}
 
   def sample(self, state: TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
-    """`num` continuations of `sample.prompt` from the EMA parameters.
+    """`num` continuations of `sample.prompt` from the EMA parameters, as transformers' `generate` makes them.
 
-    {'tokens': int32 [num, P + length], 'num_new': int32 [num] new tokens (fewer where beam
-    search stopped at the end token), 'logprob': float32 [num] their summed log-probability
-    under the model}. Beam search is deterministic: its `num` continuations are the same one.
+    {'tokens': int32 [num, P + new], 'num_new': int32 [num] new tokens (fewer where a row stopped at
+    the end token, which it includes), 'logprobs': float32 [num, P + new], each new token's
+    log-probability under the model (0 elsewhere)}. Greedy and beam search are deterministic: their
+    `num` continuations are the same one.
     """
     s = self.sample_cfg
+    prompt_1P = jnp.asarray(self.prompt_P)[None]
     if s.method == 'beam':
-      beams = beam_search.beam_search(self.model, state.ema_params, jnp.asarray(self.prompt_P)[None], s.length,
-                                      s.num_beams, s.length_penalty, s.no_repeat_ngram_size, self.end_id)
-      logprob_B = beams.score_B * beams.num_new_B.astype(jnp.float32) ** s.length_penalty
+      beams = beam_search.beam_search(self.model, state.ema_params, prompt_1P, self.num_new, s.num_beams,
+                                      s.length_penalty, s.no_repeat_ngram_size, self.end_id, s.early_stopping)
       return jax.tree.map(lambda x: jnp.repeat(x, num, axis=0),
-                          {'tokens': beams.tokens_BL, 'num_new': beams.num_new_B, 'logprob': logprob_B})
-    prompt_BP = jnp.tile(jnp.asarray(self.prompt_P)[None], (num, 1))
-    tok_BL, logp_BL = generate(self.model, state.ema_params, prompt_BP, rng, s.length,
-                               s.temperature, s.top_k, s.top_p, s.kv_cache)
-    return {'tokens': tok_BL, 'num_new': jnp.full((num,), s.length, jnp.int32), 'logprob': logp_BL.sum(axis=1)}
+                          {'tokens': beams.tokens_BL, 'num_new': beams.num_new_B, 'logprobs': beams.logprobs_BL})
+    temperature = 0.0 if s.method == 'greedy' else s.temperature
+    tok_BL, logp_BL = generation.generate(self.model, state.ema_params, jnp.tile(prompt_1P, (num, 1)), rng,
+                                          self.num_new, temperature, s.top_k, s.top_p, s.kv_cache, self.end_id,
+                                          s.no_repeat_ngram_size)
+    return {'tokens': tok_BL, 'num_new': generation.new_tokens(tok_BL, len(self.prompt_P), self.end_id),
+            'logprobs': logp_BL}
 
   def decode_samples(self, samples: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The samples as text, and each one's mean log-probability per new token.
+    """The samples as text, each one's mean log-probability per new token, and the records of step_<N>.jsonl.
 
-    {'text': [num strings], 'logprob_per_token': float [num]}; text stops after the end token.
+    {'text': [num strings: prompt and continuation], 'logprob_per_token': float [num], 'records': [num
+    {'prompt', 'text' (the continuation), 'tokens' (its ids), 'logprobs' (theirs)}]}; text stops after the end token.
     """
     P = len(self.prompt_P)
-    return {'text': [self.tokenizer.decode(row[:P + n]) for row, n in zip(samples['tokens'], samples['num_new'])],
-            'logprob_per_token': np.asarray(samples['logprob']) / np.asarray(samples['num_new'])}
+    texts, means, records = [], [], []
+    for row, lp, n in zip(np.asarray(samples['tokens']), np.asarray(samples['logprobs']), np.asarray(samples['num_new'])):
+      new, new_lp = row[P:P + n], lp[P:P + n]
+      texts.append(self.tokenizer.decode(row[:P + n]))
+      means.append(float(new_lp.mean()))
+      records.append({'prompt': self.sample_cfg.prompt, 'text': self.tokenizer.decode(new),
+                      'tokens': new.tolist(), 'logprobs': new_lp.tolist()})
+    return {'text': texts, 'logprob_per_token': np.array(means), 'records': records}

@@ -105,7 +105,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[ja
   """
   devs = parallel.devices(devices)
   validate(config, devs)
-  if not training and not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if config.init_from and not os.path.isdir(config.init_from):
+    raise UserError(f'init_from={config.init_from!r} is not a folder: point it to a Hugging Face GPT-2 folder '
+                    '(config.json, model.safetensors or pytorch_model.bin, tokenizer files)')
+  if config.init_from and config.data.get('tokenizer') == 'bpe' and not config.data.bpe_dir:
+    config.data.bpe_dir = config.init_from  # the tokenizer files of the checkpoint
+  if not training and not config.init_from and not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise UserError(f'no checkpoint in {workdir}/checkpoints: train first (--mode=train)')
   writers.check_writable(workdir)
   methods.check_config(config)
@@ -190,7 +195,8 @@ def _write_samples(workdir: str, step: int, outputs: dict[str, Any], overwrite: 
   """Writes the decoded samples into samples/, and prints any text among them with its per-sample scores."""
   paths = writers.write_samples(workdir, step, outputs, overwrite)
   if 'text' in outputs:
-    _say(writers.text_document(outputs['text'], {k: v for k, v in outputs.items() if k != 'text'}).rstrip('\n'))
+    _say(writers.text_document(outputs['text'], {k: v for k, v in outputs.items() if k not in ('text', 'records')})
+         .rstrip('\n'))
   return paths
 
 
@@ -215,7 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   ds = train_data(config, devs, ckpts.data_info())
   method, train_step, state = build(config, ds.info, parts, recorded)
   restored = ckpts.restore(state)
-  state = parallel.replicate(state if restored is None else restored, devs)
+  state = parallel.replicate(method.warm_start(state) if restored is None else restored, devs)
   step = int(state.step)
   last_ckpt = step if restored is not None else None
   if restored is not None and ckpts.steps()[-1] > step:  # unreadable newer steps that the restore passed over
@@ -231,7 +237,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   _say(f'{config.method}: {state_lib.param_count(state.params):,} parameters on {devs.kind}; '
        f'global batch {training.batch_size}; ' +
        (f'resuming from step {step}' if restored is not None else 'starting from step 0') +
-       f' of {training.num_train_steps}')
+       f' of {training.num_train_steps}' +
+       (f', with the weights of init_from={config.init_from}' if restored is None and config.init_from else ''))
   for name, part in parts.items():
     _say(f'part {name}: the {part.config.method} run {part.workdir} at step {part.step}, frozen')
 
@@ -356,10 +363,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   method's sampler wants held-out examples (`Method.sample_examples`). Returns the decoded
   samples (`Method.decode_samples`).
   """
-  devs, ckpts, parts, recorded = _setup(config, workdir, devices)
-  data_info = _checkpointed_data_info(ckpts, workdir)
-  method, _, state = build(config, data_info, parts, recorded)
-  state = _restore_latest(ckpts, state, workdir)
+  setup = _setup(config, workdir, devices)
+  method, state, data_info = _newest(config, workdir, setup)
+  devs, ckpts = setup.devs, setup.ckpts
   step = int(state.step)
   start = time.time()
   draw = _sampler(method, devs, method.sample_count(config.sample.num),
@@ -371,6 +377,28 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
          f'in {_format_duration(time.time() - start)}: {", ".join(paths)}')
   ckpts.close()
   return outputs
+
+
+def _newest(config: ml_collections.ConfigDict, workdir: str, setup: Setup) -> tuple[Method, Any, dict[str, Any]]:
+  """The method, the newest checkpoint's state and its data info; without checkpoints, those of `init_from`."""
+  data_info = setup.ckpts.data_info()
+  if data_info is None and config.init_from:
+    data_info = data.info_without_data(config.data)
+    method, _, state = build(config, data_info, setup.parts, setup.recorded)
+    return method, method.warm_start(state), data_info
+  data_info = _checkpointed_data_info(setup.ckpts, workdir)
+  method, _, state = build(config, data_info, setup.parts, setup.recorded)
+  return method, _restore_latest(setup.ckpts, state, workdir), data_info
+
+
+def restore_newest(config: ml_collections.ConfigDict, workdir: str) -> tuple[Method, Any, int]:
+  """The method of run `workdir` (its `config`), the state of its newest checkpoint and that step."""
+  setup = _setup(config, workdir, None)
+  try:
+    method, state, _ = _newest(config, workdir, setup)
+  finally:
+    setup.ckpts.close()
+  return method, state, int(state.step)
 
 
 def _held_out_metrics(config: ml_collections.ConfigDict, method: Method, state: Any,

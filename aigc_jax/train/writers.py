@@ -10,6 +10,8 @@ The file contracts (../shared/DESIGN.md) are kept here in one place:
                          prompt order (its grid: one row per prompt, the prompt written under it)
                          (--mode=sample never overwrites: later draws are step_<N>_<k>.*)
   samples/step_<N>.txt   generated text: the samples one after another, each ended by a line of dashes
+  samples/step_<N>.jsonl the same, one JSON object per sample: {"prompt": str, "text": str (the continuation),
+                         "tokens": [int] (its token ids), "logprobs": [float] (their log-probabilities)}
   eval_<N>.json          the metrics of --mode=eval at checkpoint step N
   config.json            the resolved config of the run
 """
@@ -246,7 +248,8 @@ def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite
   (uint8 [N, H, W, C] or [rows, cols, H, W, C]) goes into the same .npz and a grid
   step_<N>_<name>.png; 'labels' (int [N], the classes asked for) goes into the .npz and puts
   one class per row of the images' grid; 'prompts' (strings [N]) goes into the .npz and writes each prompt
-  under its row of the grid; {'text': [N strings]} becomes step_<N>.txt. With `overwrite=False`
+  under its row of the grid; {'text': [N strings]} becomes step_<N>.txt, and 'records'
+  (N JSON-able dicts) step_<N>.jsonl. With `overwrite=False`
   (--mode=sample) existing samples of the same step are kept and the new ones are named
   step_<N>_<k> with the first free k.
   """
@@ -277,4 +280,9 @@ def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite
       f.write(text_document(samples['text']))
     os.replace(base + '.txt.tmp', base + '.txt')
     paths.append(base + '.txt')
+  if 'records' in samples:
+    with open(base + '.jsonl.tmp', 'w', encoding='utf-8') as f:
+      f.write(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in samples['records']))
+    os.replace(base + '.jsonl.tmp', base + '.jsonl')
+    paths.append(base + '.jsonl')
   return paths
