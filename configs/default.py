@@ -90,6 +90,19 @@ def image_data(*, name: str, image_size: int, channels: int, random_flip: bool,
   return _set(data, values)
 
 
+def captioned_data(*, name: str, image_size: int, channels: int, caption_length: int,
+                   **values: Any) -> ml_collections.ConfigDict:
+  """The data section of a text-to-image experiment: image data (never flipped: captions say left and right)
+  with a caption per image (data/captions.py)."""
+  data = image_data(name=name, image_size=image_size, channels=channels, random_flip=False)
+  data.kind = 'captioned'
+  data.caption_key = 'caption'        # TFDS: the text feature holding the caption
+  data.tokenizer = 'char'             # 'char' (characters of the training captions), 'byte' or 'bpe'
+  data.bpe_dir = ''                   # data.tokenizer='bpe': GPT-2's vocab.json + merges.txt (or tokenizer.json)
+  data.caption_length = caption_length  # token positions: a start token, the caption, padding
+  return _set(data, values)
+
+
 def text_data(*, name: str, block_size: int, **values: Any) -> ml_collections.ConfigDict:
   """The data section of a text experiment: `name`, the context length, and `values` for the other keys."""
   data = ml_collections.ConfigDict()

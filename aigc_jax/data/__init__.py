@@ -8,6 +8,7 @@ tokenizes new data the way the checkpointed model was trained.
 
 import ml_collections
 
+from aigc_jax.data import captions
 from aigc_jax.data import images
 from aigc_jax.data import text
 from aigc_jax.data import tokenizers
@@ -18,7 +19,7 @@ from aigc_jax.errors import UserError
 
 def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, seed: int,
            process_index: int, process_count: int, local_devices: int, train: bool,
-           data_info: dict[str, str] | None = None) -> ImageBatches | TextBatches:
+           data_info: dict[str, str] | None = None) -> ImageBatches | TextBatches | captions.CaptionBatches:
   """Batches of `split` of the data set `cfg` (config.data) names; shuffled (and augmented) if `train`.
 
   Each process reads only its shard of the split (`data.shards`) and draws its part of every global batch from it.
@@ -32,7 +33,11 @@ def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, see
     return text.create(cfg, split, global_batch, seed=seed, process_index=process_index,
                        process_count=process_count, local_devices=local_devices, train=train,
                        data_info=data_info)
-  raise UserError(f"data.kind={cfg.kind!r} is unknown: use 'images' or 'text'")
+  if cfg.kind == 'captioned':
+    return captions.create(cfg, split, global_batch, seed=seed, process_index=process_index,
+                           process_count=process_count, local_devices=local_devices, train=train,
+                           data_info=data_info)
+  raise UserError(f"data.kind={cfg.kind!r} is unknown: use 'images', 'captioned' or 'text'")
 
 
 def info_without_data(cfg: ml_collections.ConfigDict) -> dict[str, str]:

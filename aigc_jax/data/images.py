@@ -1,9 +1,10 @@
 """Labelled image data sets as uint8 [N, H, W, C] arrays in host memory, from offline-capable sources.
 
 Sources, first match wins: an `.npz` file (`data.npz_path`, keys `images` and optionally
-`labels`; its last `data.npz_holdout` examples are the 'test' split, the rest 'train'), a
-`tfds.ImageFolder` tree (`data.image_folder`, laid out as <split>/<class>/<image>, each file
-decoded to `data.channels` channels: 1, 3 or 4),
+`labels`; its last `data.npz_holdout` examples are the 'test' split, the rest 'train'), an
+image folder (`data.image_folder`: a `tfds.ImageFolder` tree laid out as <split>/<class>/<image>,
+or, where <split>/metadata.jsonl exists, the Hugging Face imagefolder layout of captioned images,
+one {"file_name": ..., "text": ...} row per image; each file decoded to `data.channels` channels: 1, 3 or 4),
 scikit-learn's 8x8 digits (`data.name='digits'`), or a TFDS data set (`data.name`, e.g.
 'cifar10', 'mnist'). `data.pad` > 0 adds that many pixels of value 0 on every side (MNIST's
 28x28 digits on their black background become 32x32 with 2). `data.binarize` > 0 maps pixels
@@ -16,6 +17,7 @@ before it are skipped undecoded, since `tfds.ImageFolder` has no sub-splits); th
 sources by slicing.
 """
 
+import json
 import logging
 import os
 import socket
@@ -38,7 +40,7 @@ IMAGE_FILE_CHANNELS = (1, 3, 4)
 Labeled = tuple[np.ndarray, np.ndarray | None]
 
 
-def _holdout_split(x: np.ndarray, y: np.ndarray | None, holdout: int, split: str, source: str) -> Labeled:
+def holdout_split(x: np.ndarray, y: np.ndarray | None, holdout: int, split: str, source: str) -> Labeled:
   """'train' = all but the last `holdout` examples, 'test' = those."""
   if not 0 < holdout < len(x):
     raise UserError(f'{source} holds {len(x)} examples: its held-out count must be in 1..{len(x) - 1}, '
@@ -54,7 +56,7 @@ def _digits(split: str) -> Labeled:
   from sklearn.datasets import load_digits
   digits = load_digits()
   x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [1797, 8, 8] from 0..16
-  return _holdout_split(x, digits.target.astype(np.int32), DIGITS_TEST, split, "data.name='digits'")
+  return holdout_split(x, digits.target.astype(np.int32), DIGITS_TEST, split, "data.name='digits'")
 
 
 def _npz(path: str, holdout: int, split: str) -> Labeled:
@@ -73,7 +75,7 @@ def _npz(path: str, holdout: int, split: str) -> Labeled:
   if y is not None and y.shape != x.shape[:1]:
     raise UserError(f'data.npz_path={path!r}: `labels` has shape {list(y.shape)}, expected [{len(x)}]')
   x = x[..., None] if x.ndim == 3 else x
-  return _holdout_split(x, y, holdout, split, f'data.npz_path={path!r} (data.npz_holdout)')
+  return holdout_split(x, y, holdout, split, f'data.npz_path={path!r} (data.npz_holdout)')
 
 
 def _stack(ds: Any) -> Labeled:
@@ -133,6 +135,57 @@ def _image_folder(root: str, split: str, channels: int, process_index: int, proc
   return x, y
 
 
+METADATA = 'metadata.jsonl'
+_PIL_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}
+
+
+def has_metadata(root: str, split: str) -> bool:
+  """Whether <root>/<split> is in the imagefolder layout of captioned images (it holds a metadata.jsonl)."""
+  return os.path.isfile(os.path.join(root, split, METADATA))
+
+
+def metadata_folder(root: str, split: str, channels: int, process_index: int = 0,
+                    process_count: int = 1) -> tuple[np.ndarray, list[str]]:
+  """This process's shard of the images of <root>/<split>/metadata.jsonl and their texts, in its row order.
+
+  Each row is {"file_name": <path relative to <root>/<split>>, "text": <caption>}; files that do
+  not decode are skipped and logged.
+  """
+  from PIL import Image
+  if channels not in IMAGE_FILE_CHANNELS:
+    raise UserError(f'data.channels={channels}: image files decode to 1 (gray), 3 (RGB) or 4 (RGBA) channels; '
+                    'set data.channels to one of those')
+  folder = os.path.join(root, split)
+  path = os.path.join(folder, METADATA)
+  rows = []
+  with open(path, encoding='utf-8') as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        rows.append((str(row['file_name']), str(row['text'])))
+      except (ValueError, KeyError, TypeError):
+        raise UserError(f'{path} line {n} is not a JSON object with "file_name" and "text": {line.strip()[:80]!r}'
+                        ) from None
+  lo, hi = shards.bounds(len(rows), process_index, process_count)
+  images, texts, skipped = [], [], []
+  for name, text in rows[lo:hi]:
+    try:
+      with Image.open(os.path.join(folder, name)) as im:
+        images.append(np.asarray(im.convert(_PIL_MODES[channels])).reshape(im.size[1], im.size[0], channels))
+      texts.append(text)
+    except OSError:
+      skipped.append(name)
+  if skipped:
+    logging.warning('data.image_folder=%r: skipped %d of the %d %r images, which do not decode: %s%s', root,
+                    len(skipped), hi - lo, split, ', '.join(skipped[:5]), ', ...' if len(skipped) > 5 else '')
+  if len({x.shape for x in images}) > 1:
+    raise UserError(f'data.image_folder={root!r}: the {split!r} images differ in size: make them all '
+                    'data.image_size square')
+  return (np.stack(images) if images else np.zeros((0, 0, 0, 0), np.uint8)), texts
+
+
 def network_up(host: str = 'storage.googleapis.com') -> bool:
   """Whether a TFDS download could possibly work: its mirror's name resolves."""
   try:
@@ -179,25 +232,9 @@ def _shard(data: Labeled, process_index: int, process_count: int) -> Labeled:
   return x[lo:hi], None if y is None else y[lo:hi]
 
 
-def load(cfg: ml_collections.ConfigDict, split: str, process_index: int = 0, process_count: int = 1) -> Labeled:
-  """Images of `split` as uint8 [N, H, W, C] (checked against data.image_size / data.channels) and labels.
-
-  Only the shard of process `process_index` of `process_count` (`data.shards`); all of them by default.
-  """
-  if cfg.pad < 0:
-    raise UserError(f'data.pad={cfg.pad} must be >= 0 (pixels of value 0 added on every side)')
-  if cfg.npz_path:
-    images, labels = _shard(_npz(cfg.npz_path, cfg.npz_holdout, split), process_index, process_count)
-    source = f'data.npz_path={cfg.npz_path!r}'
-  elif cfg.image_folder:
-    images, labels = _image_folder(cfg.image_folder, split, cfg.channels, process_index, process_count)
-    source = f'data.image_folder={cfg.image_folder!r}'
-  elif cfg.name == 'digits':
-    images, labels = _shard(_digits(split), process_index, process_count)
-    source = 'scikit-learn digits'
-  else:
-    images, labels = _tfds(cfg.name, split, cfg.tfds_data_dir, process_index, process_count)
-    source = f'TFDS {cfg.name!r}'
+def finish(images: np.ndarray, cfg: ml_collections.ConfigDict, source: str, split: str, process_index: int,
+           process_count: int) -> np.ndarray:
+  """Loaded images padded (`data.pad`), checked against data.image_size / data.channels and binarized."""
   if len(images) == 0:
     raise UserError(f'{source} split {split!r}{shards.describe(process_index, process_count)} holds no images')
   if cfg.pad:
@@ -209,4 +246,29 @@ def load(cfg: ml_collections.ConfigDict, split: str, process_index: int = 0, pro
                     f'data.image_size={cfg.image_size}, data.channels={cfg.channels}: set them to match')
   if cfg.binarize > 0:
     images = np.where(images >= cfg.binarize * 255.0, 255, 0).astype(np.uint8)
-  return images, labels
+  return images
+
+
+def load(cfg: ml_collections.ConfigDict, split: str, process_index: int = 0, process_count: int = 1) -> Labeled:
+  """Images of `split` as uint8 [N, H, W, C] (checked against data.image_size / data.channels) and labels.
+
+  Only the shard of process `process_index` of `process_count` (`data.shards`); all of them by default.
+  """
+  if cfg.pad < 0:
+    raise UserError(f'data.pad={cfg.pad} must be >= 0 (pixels of value 0 added on every side)')
+  if cfg.npz_path:
+    images, labels = _shard(_npz(cfg.npz_path, cfg.npz_holdout, split), process_index, process_count)
+    source = f'data.npz_path={cfg.npz_path!r}'
+  elif cfg.image_folder and has_metadata(cfg.image_folder, split):
+    images, labels = metadata_folder(cfg.image_folder, split, cfg.channels, process_index, process_count)[0], None
+    source = f'data.image_folder={cfg.image_folder!r}'
+  elif cfg.image_folder:
+    images, labels = _image_folder(cfg.image_folder, split, cfg.channels, process_index, process_count)
+    source = f'data.image_folder={cfg.image_folder!r}'
+  elif cfg.name == 'digits':
+    images, labels = _shard(_digits(split), process_index, process_count)
+    source = 'scikit-learn digits'
+  else:
+    images, labels = _tfds(cfg.name, split, cfg.tfds_data_dir, process_index, process_count)
+    source = f'TFDS {cfg.name!r}'
+  return finish(images, cfg, source, split, process_index, process_count), labels

@@ -100,15 +100,9 @@ def create(cfg: ml_collections.ConfigDict, split: str, global_batch: int, *, see
   `split` is, so that training and evaluation share it.
   """
   text, source = load(cfg, split)
-  if data_info:
-    tokenizer = tokenizers.from_info(data_info)
-    kind = data_info['tokenizer']
-    if kind != cfg.tokenizer:
-      raise UserError(f'data.tokenizer={cfg.tokenizer!r}, but the checkpoints were trained with '
-                      f'{kind!r}: set data.tokenizer={kind!r}, or use a new workdir')
-  else:
-    train_text = text if split == cfg.train_split or cfg.tokenizer != 'char' else load(cfg, cfg.train_split)[0]
-    tokenizer = tokenizers.build(cfg.tokenizer, train_text, cfg.bpe_dir)
+  tokenizer = tokenizers.resolve(cfg.tokenizer, data_info,
+                                 lambda: text if split == cfg.train_split else load(cfg, cfg.train_split)[0],
+                                 cfg.bpe_dir)
   tokens = tokenizer.encode(text, what=f'{source} split {split!r}')
   lo, hi = shards.bounds(len(tokens), process_index, process_count)
   tokens = tokens[lo:hi]

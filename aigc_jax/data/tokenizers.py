@@ -6,7 +6,7 @@ sampled with the same vocabulary: `info` describes a tokenizer in a few JSON val
 byte-level BPE, `data/bpe.py`) is kept whole, as its tokenizer.json.
 """
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -129,3 +129,18 @@ def from_info(info: dict[str, str] | None) -> Tokenizer:
     return BPETokenizer(info['tokenizer_json'])
   raise UserError(f'no tokenizer is recorded in {info!r}: the checkpoints were not written by a language model; '
                   'use the config that wrote them, or a new workdir')
+
+
+def resolve(kind: str, data_info: dict[str, str] | None, train_text: Callable[[], str],
+            bpe_dir: str = '') -> Tokenizer:
+  """The tokenizer `data_info` records (from a checkpoint: it must be of `kind`), else a new one of `kind`.
+
+  A new char vocabulary is that of `train_text()`, read only then; a BPE is that of `bpe_dir`.
+  """
+  if not data_info:
+    return build(kind, train_text() if kind == 'char' else '', bpe_dir)
+  recorded = data_info.get('tokenizer')
+  if recorded != kind:
+    raise UserError(f'data.tokenizer={kind!r}, but the checkpoints were trained with {recorded!r}: set '
+                    f'data.tokenizer={recorded!r}, or use a new workdir')
+  return from_info(data_info)

@@ -57,18 +57,23 @@ def rules() -> list[Rule]:
   return out
 
 
+def clip_x0(x0: jax.Array, settings: Any) -> jax.Array:
+  """The predicted x_0 clipped to the data's range [-1, 1] (pixels); `sample.clip_x0=False` (latents, which have
+  no such range) leaves it as predicted."""
+  return jnp.clip(x0, -1.0, 1.0) if settings.get('clip_x0', True) else x0
+
+
 @register('ancestral')
 def ancestral(eps_fn: Denoiser, schedule: Schedule, shape: tuple[int, ...], rng: jax.Array,
               settings: Any) -> jax.Array:
   """Ho et al.'s sampler: every timestep, the posterior mean at the clipped x_0 prediction plus fixed-large noise."""
-  del settings
   x = jax.random.normal(rng, shape)
   t_last = schedule.num_timesteps - 1
 
   def body(i, x):
     t = t_last - i
     t_B = jnp.full((shape[0],), t, jnp.int32)
-    x0 = jnp.clip(process.predict_x0(schedule, x, t_B, eps_fn(x, t_B)), -1.0, 1.0)
+    x0 = clip_x0(process.predict_x0(schedule, x, t_B, eps_fn(x, t_B)), settings)
     mean, _ = process.q_posterior(schedule, x0, x, t_B)
     z = jax.random.normal(jax.random.fold_in(rng, t), x.shape)
     return mean + (t > 0) * jnp.exp(0.5 * schedule.fixed_large_log_variance[t]) * z
@@ -118,7 +123,7 @@ def ddim(eps_fn: Denoiser, schedule: Schedule, shape: tuple[int, ...], rng: jax.
     t_B = jnp.full((shape[0],), t_U[i], jnp.int32)
     abar, abar_prev = abar_U[i], abar_prev_U[i]
     eps = eps_fn(x, t_B)
-    x0 = jnp.clip(process.predict_x0(schedule, x, t_B, eps), -1.0, 1.0)
+    x0 = clip_x0(process.predict_x0(schedule, x, t_B, eps), settings)
     if clipped_eps:
       eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
     sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))

@@ -43,7 +43,8 @@ from aigc_jax.train import parallel
 from aigc_jax.train import writers
 
 # Data set -> the config file (in configs/) its feature network is trained with.
-CONFIGS = {'digits': 'classifier_digits', 'mnist': 'classifier_mnist', 'cifar10': 'classifier_cifar'}
+CONFIGS = {'digits': 'classifier_digits', 'mnist': 'classifier_mnist', 'cifar10': 'classifier_cifar',
+           'mnist_cells': 'classifier_mnist_cells'}
 INFO_FILE = 'feature_net.json'
 BATCH_SIZE = 500  # images per device call when computing features, rounded up to the devices
 

@@ -25,7 +25,9 @@ import numpy as np
 
 from aigc_jax import cache
 from aigc_jax.data import images as images_lib
+from aigc_jax.data import scenes
 from aigc_jax.errors import UserError
+from aigc_jax.evaluation import captions as caption_eval
 from aigc_jax.evaluation import feature_net
 from aigc_jax.evaluation import features as features_lib
 from aigc_jax.evaluation import inception
@@ -72,7 +74,12 @@ def networks(config: ml_collections.ConfigDict, devs: parallel.Devices,
   if dataset in feature_net.CONFIGS:
     try:
       net = feature_net.load(dataset, cache_dir, devs.local)
-      found.append(Network(net.name, lambda x, net=net: net.outputs(x)[::-1], True, weights_id(net.params)))
+      outputs = lambda x, net=net: net.outputs(x)[::-1]
+      if dataset == 'mnist_cells' and (config.data.image_size, config.data.channels) == (scenes.SIZE, 3):
+        found.append(Network(f'{net.name}_scenes', caption_eval.scene_outputs(outputs), False,
+                             weights_id(net.params)))  # MNIST pairs, read cell by cell
+      else:
+        found.append(Network(net.name, outputs, True, weights_id(net.params)))
     except UserError as e:
       missing.append(str(e))
   else:
@@ -178,11 +185,14 @@ def class_accuracy(logits_NK: np.ndarray, labels_N: np.ndarray) -> float:
 
 def image_metrics(config: ml_collections.ConfigDict, images_NHWC: np.ndarray, devs: parallel.Devices,
                   cache_dir: str | None = None, nets: list[Network] | None = None,
-                  labels_N: np.ndarray | None = None) -> tuple[dict[str, float], list[str]]:
+                  labels_N: np.ndarray | None = None,
+                  prompts_N: np.ndarray | None = None) -> tuple[dict[str, float], list[str]]:
   """FID / IS / KID (and, for classifiers, confidence and class entropy) of uint8 samples.
 
   With `labels_N`, the classes a class-conditional model was asked for, each classifier also
-  reports `class_accuracy_<net>`: the share of samples it assigns to their requested class.
+  reports `class_accuracy_<net>`: the share of samples it assigns to their requested class. With
+  `prompts_N` that are MNIST-pairs captions, the caption accuracy (evaluation/captions.py) by the
+  cell classifier `mnist_cells`.
 
   Compared with the real images of `eval.reference_split`; with `data.pad` the samples lose
   that border first, as the data set's images never had it. Returns the metrics and the
@@ -192,12 +202,21 @@ def image_metrics(config: ml_collections.ConfigDict, images_NHWC: np.ndarray, de
   missing = []
   if nets is None:
     nets, missing = networks(config, devs, cache_dir)
+  result = {}
+  if prompts_N is not None and any(scenes.parse(str(p)) for p in prompts_N):
+    try:
+      cell_net = feature_net.load('mnist_cells', cache_dir, devs.local)
+      result.update(caption_eval.accuracy(images_NHWC, list(prompts_N),
+                                          lambda x: np.argmax(cell_net.logits(x), axis=1)))
+    except UserError as e:
+      missing.append(f'caption accuracy: {e}')
   if not nets:
+    if result:
+      return result, missing
     raise UserError('no feature network to judge samples with: ' + '; '.join(missing))
   split = config.eval.reference_split or config.data.train_split
   d, pad = unpadded(config.data), config.data.pad
   images_NHWC = np.asarray(images_NHWC)[:, pad:images_NHWC.shape[1] - pad, pad:images_NHWC.shape[2] - pad]
-  result = {}
   for net in nets:
     ref = reference(net, d, split, cache_dir)
     feats, logits = net.outputs(images_NHWC)

@@ -12,15 +12,17 @@ import ml_collections
 
 from aigc_jax import rules
 from aigc_jax.errors import UserError
+from aigc_jax.methods import autoencoder
 from aigc_jax.methods import classifier
 from aigc_jax.methods import ddpm
 from aigc_jax.methods import gan
+from aigc_jax.methods import ldm
 from aigc_jax.methods import lm
 from aigc_jax.methods import vae
 from aigc_jax.methods.base import Method
 
-REGISTRY: dict[str, type[Method]] = {'classifier': classifier.Classifier, 'ddpm': ddpm.DDPM, 'gan': gan.GAN,
-                                     'lm': lm.LM, 'vae': vae.VAE}
+REGISTRY: dict[str, type[Method]] = {'autoencoder': autoencoder.Autoencoder, 'classifier': classifier.Classifier,
+                                     'ddpm': ddpm.DDPM, 'gan': gan.GAN, 'ldm': ldm.LDM, 'lm': lm.LM, 'vae': vae.VAE}
 
 
 def method_class(name: str) -> type[Method]:

@@ -116,6 +116,10 @@ class Method:
     and of the eval metrics averaged over the split on the host."""
     return dict(means)
 
+  def sample_count(self, requested: int) -> int:
+    """How many samples one draw makes, given `sample.num`: that many, unless the method's prompts fix the count."""
+    return requested
+
   def sample(self, state: TrainState, rng: jax.Array, num: int) -> dict[str, jax.Array]:
     """`num` samples on one device, as arrays (it runs under pmap)."""
     raise UserError(f'{type(self).__name__} does not sample: use --mode=train or --mode=eval')
@@ -126,6 +130,13 @@ class Method:
     Called only when `sample_examples` > 0, with the whole batch on every device.
     """
     raise NotImplementedError
+
+  def part_variables(self, state: TrainState) -> Any:
+    """What a run of this method gives a method that takes it as a part (train/parts.py): its EMA params.
+
+    A method whose part needs more of its state (an autoencoder's latent scale) returns that too.
+    """
+    return state.ema_params
 
   def decode_samples(self, samples: dict[str, Any]) -> dict[str, Any]:
     """Host side: the gathered arrays of `sample` (and `sample_from_examples`) as `writers.write_samples` writes them.

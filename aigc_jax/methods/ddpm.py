@@ -43,6 +43,13 @@ def _classes_drawn(c: Any) -> int:
   return len(c.sample.labels) or c.model.num_classes
 
 
+def noised(schedule: schedules.Schedule, x0: jax.Array, keys_B: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(x_t, t, noise) of a training example, each example's t and noise drawn from its own key."""
+  t_B = jax.vmap(lambda k: jax.random.randint(k, (), 0, schedule.num_timesteps))(keys_B)
+  noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0.shape[1:]))(keys_B)
+  return process.q_sample(schedule, x0, t_B, noise), t_B, noise
+
+
 UNET_RULES = (
     Rule('data.image_size', lambda c: c.data.image_size % 2 ** (len(c.model.ch_mult) - 1) == 0,
          lambda c: f'data.image_size={c.data.image_size} must be divisible by {2 ** (len(c.model.ch_mult) - 1)} = '
@@ -124,10 +131,7 @@ class DDPM(Method):
     return labels.of(batch, f'model.num_classes={self.num_classes}', ' or set model.num_classes=0')
 
   def _noised(self, x0_BHWC: jax.Array, keys_B: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(x_t, t, noise), each example's t and noise drawn from its own key."""
-    t_B = jax.vmap(lambda k: jax.random.randint(k, (), 0, self.schedule.num_timesteps))(keys_B)
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0_BHWC.shape[1:]))(keys_B)
-    return process.q_sample(self.schedule, x0_BHWC, t_B, noise), t_B, noise
+    return noised(self.schedule, x0_BHWC, keys_B)
 
   def loss(self, params: Any, batch: Batch, rng: Rng, model_state: Any) -> tuple[jax.Array, tuple[Metrics, Any]]:
     """The MSE between the network's output and its target (the noise) at one random timestep per image."""

@@ -71,6 +71,16 @@ def discretized_logistic_log_prob(x: jax.Array, mean: jax.Array, log_scale: jax.
   return jnp.where(x < -0.999, log_cdf_a, jnp.where(x > 0.999, log_sf_b, log_bin))
 
 
+def reconstruction_grid(orig_NHWC: np.ndarray, recon_NHWC: np.ndarray) -> np.ndarray:
+  """[rows, cols, H, W, C]: rows of up to 8 originals, each followed by a row of their reconstructions."""
+  n, cols = len(orig_NHWC), min(len(orig_NHWC), 8)
+  rows = -(-n // cols)
+  blank = np.zeros((rows * cols - n,) + orig_NHWC.shape[1:], np.uint8)
+  grid = np.stack([np.concatenate([orig_NHWC, blank]), np.concatenate([recon_NHWC, blank])], axis=1)
+  return grid.reshape((rows, cols, 2) + orig_NHWC.shape[1:]).swapaxes(1, 2).reshape(
+      (2 * rows, cols) + orig_NHWC.shape[1:])
+
+
 def build_model(config: ml_collections.ConfigDict) -> vae_models.VAE:
   """The encoder/decoder pair `config.model.kind` names, sized for the config's images and likelihood."""
   m, d = config.model, config.data
@@ -244,13 +254,8 @@ class VAE(Method):
     out = {'images': samples['images']}
     if 'originals' not in samples:
       return out
-    orig, recon = samples['originals'], samples['reconstructions']
-    n, cols = len(orig), min(len(orig), 8)
-    rows = -(-n // cols)
-    blank = np.zeros((rows * cols - n,) + orig.shape[1:], np.uint8)
-    grid = np.stack([np.concatenate([orig, blank]), np.concatenate([recon, blank])], axis=1)
-    out['reconstructions'] = grid.reshape((rows, cols, 2) + orig.shape[1:]).swapaxes(1, 2).reshape(
-        (2 * rows, cols) + orig.shape[1:])
+    orig = samples['originals']
+    out['reconstructions'] = reconstruction_grid(orig, samples['reconstructions'])
     J = samples['interpolations'].shape[0]
     out['interpolations'] = np.concatenate(
         [orig[0:2 * J:2, None], samples['interpolations'], orig[1:2 * J:2, None]], axis=1)

@@ -8,8 +8,8 @@ residual stream does not grow with depth. Dropout after the embeddings, on the a
 weights and on each residual branch, as in nanoGPT. With `use_bias` and the tanh GELU this is
 GPT-2 exactly (Hugging Face's `GPT2LMHeadModel`, `interop/gpt2.py`). Decoding takes prompts
 left-padded to one length: `start_B` says where each row's text begins, and positions count from there.
-With `causal=False` every position attends to every other: the bidirectional encoder of a
-masked-token model (methods/masked.py).
+With `causal=False` every position attends to every other: the bidirectional encoder of a masked-token
+model, or, with a key padding mask (`encode`), the text encoder of latent diffusion (methods/ldm.py).
 
 Shapes: B batch, T query positions, S cached positions (= block_size), D width, N heads,
 E head width (D / N), V vocabulary.
@@ -35,8 +35,10 @@ ACTIVATIONS = {'gelu_tanh': lambda x: nn.gelu(x, approximate=True), 'gelu': lamb
 
 
 def causal_attention(q_BTNE: jax.Array, k_BTNE: jax.Array, v_BTNE: jax.Array,
-                     dropout: Callable[[jax.Array], jax.Array], causal: bool = True) -> jax.Array:
-  """softmax(QK^T / sqrt(E)) V over earlier positions (all of them if not `causal`), `dropout` on the weights.
+                     dropout: Callable[[jax.Array], jax.Array], causal: bool = True,
+                     mask_BS: jax.Array | None = None) -> jax.Array:
+  """softmax(QK^T / sqrt(E)) V over earlier positions (all of them if not `causal`; only the keys `mask_BS`
+  keeps), with `dropout` on the attention weights.
 
   `jax.nn.dot_product_attention` has no dropout on the weights; this spelled-out form is
   used only when training with dropout.
@@ -44,7 +46,8 @@ def causal_attention(q_BTNE: jax.Array, k_BTNE: jax.Array, v_BTNE: jax.Array,
   T, E = q_BTNE.shape[1], q_BTNE.shape[3]
   logits_BNTS = jnp.einsum('btne,bsne->bnts', q_BTNE, k_BTNE).astype(jnp.float32) / math.sqrt(E)
   visible_TS = jnp.tril(jnp.ones((T, T), bool)) if causal else jnp.ones((T, T), bool)
-  w_BNTS = jax.nn.softmax(jnp.where(visible_TS, logits_BNTS, -jnp.inf), axis=-1)
+  visible = visible_TS if mask_BS is None else visible_TS & mask_BS[:, None, None, :]
+  w_BNTS = jax.nn.softmax(jnp.where(visible, logits_BNTS, -jnp.inf), axis=-1)
   return jnp.einsum('bnts,bsne->btne', dropout(w_BNTS).astype(v_BTNE.dtype), v_BTNE)
 
 
@@ -59,12 +62,13 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
-               pos: jax.Array | int = 0, start_B: jax.Array | None = None
+               pos: jax.Array | int = 0, start_B: jax.Array | None = None, mask_BS: jax.Array | None = None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """With `cache`, x holds positions pos..pos+T-1, which attend to the cache and themselves.
 
     With `start_B` (and a cache) row b attends to no position before start_B[b] (its left padding)
-    other than itself, so that a padding position's output stays finite.
+    other than itself, so that a padding position's output stays finite. `mask_BS` (bool [B, T], no
+    cache) hides the keys of padding positions (False) from every query.
     """
     B, T, D = x_BTD.shape
     N = self.num_heads
@@ -84,9 +88,10 @@ class SelfAttention(nn.Module):
       cache = (k_BSNE, v_BSNE)
     elif train and self.dropout > 0:
       y_BTNE = causal_attention(q_BTNE, k_BTNE, v_BTNE,
-                                lambda w: nn.Dropout(self.dropout)(w, deterministic=False), self.causal)
+                                lambda w: nn.Dropout(self.dropout)(w, deterministic=False), self.causal, mask_BS)
     else:
-      y_BTNE = jax.nn.dot_product_attention(q_BTNE, k_BTNE, v_BTNE, is_causal=self.causal)
+      y_BTNE = jax.nn.dot_product_attention(q_BTNE, k_BTNE, v_BTNE, is_causal=self.causal,
+                                            mask=None if mask_BS is None else mask_BS[:, None, None, :])
     y_BTD = layers.Dense(D, use_bias=self.use_bias, kernel_init=self.residual_init, dtype=self.dtype,
                          name='out')(y_BTNE.reshape(B, T, D))
     return nn.Dropout(self.dropout)(y_BTD, deterministic=not train), cache
@@ -104,12 +109,13 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD: jax.Array, train: bool, cache: tuple[jax.Array, jax.Array] | None = None,
-               pos: jax.Array | int = 0, start_B: jax.Array | None = None
+               pos: jax.Array | int = 0, start_B: jax.Array | None = None, mask_BS: jax.Array | None = None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     D = x_BTD.shape[-1]
     h_BTD = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='attn_norm')(x_BTD)
     h_BTD, cache = SelfAttention(self.num_heads, self.dropout, self.residual_init, self.use_bias,
-                                 self.dtype, causal=self.causal, name='attn')(h_BTD, train, cache, pos, start_B)
+                                 self.dtype, causal=self.causal, name='attn')(h_BTD, train, cache, pos, start_B,
+                                                                              mask_BS)
     x_BTD = x_BTD + h_BTD
     mlp_norm = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype, name='mlp_norm')
     mlp_in = layers.Dense(4 * D, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, name='mlp_in')
@@ -133,7 +139,7 @@ class Transformer(nn.Module):
     dtype: computation dtype; parameters and logits are float32.
     activation: the MLP's nonlinearity, a key of ACTIVATIONS.
     causal: each position attends to itself and earlier ones (a next-token model); False: to every
-      position (a masked-token model, which has no key/value cache: `decode` is for causal models).
+      position (an encoder, which has no key/value cache: `decode` is for causal models).
   """
   vocab_size: int
   block_size: int
@@ -152,7 +158,7 @@ class Transformer(nn.Module):
     self.pos_embed = nn.Embed(self.block_size, self.width, embedding_init=_init, dtype=self.dtype)
     self.embed_dropout = nn.Dropout(self.dropout)
     self.blocks = [Block(self.num_heads, self.dropout, residual_init, self.use_bias, self.dtype, self.activation,
-                         self.causal)
+                         causal=self.causal)
                    for _ in range(self.num_layers)]
     self.final_norm = layers.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, dtype=self.dtype)
 
@@ -174,6 +180,13 @@ class Transformer(nn.Module):
     for block in self.blocks:
       x_BTD, _ = block(x_BTD, train)
     return self._logits(x_BTD)
+
+  def encode(self, tok_BT: jax.Array, mask_BT: jax.Array, train: bool = False) -> jax.Array:
+    """The final-normed hidden states [B, T, D] of every position, padding positions (mask False) hidden as keys."""
+    x_BTD = self._embed(tok_BT, 0, train)
+    for block in self.blocks:
+      x_BTD, _ = block(x_BTD, train, mask_BS=mask_BT)
+    return self.final_norm(x_BTD)
 
   def decode(self, tok_BT: jax.Array, cache: Cache, pos: jax.Array | int,
              start_B: jax.Array | None = None) -> tuple[jax.Array, Cache]:

@@ -248,7 +248,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   p_eval = parallel.eval_step(step_lib.eval_step(method, parallel.AXIS), devs) if training.eval_every else None
   n_quality = config.eval.num_samples_in_training if training.eval_every else 0
   quality_sampler = _quality_sampler(config, method, devs, n_quality) if n_quality > 0 else None
-  p_sample = (_sampler(method, devs, config.sample.num, _held_out_examples(config, method, ds.info))
+  p_sample = (_sampler(method, devs, method.sample_count(config.sample.num),
+                       _held_out_examples(config, method, ds.info))
               if training.sample_every else None)
   calls = parallel.prefetch(([ds.batch(s) for s in range(a, b)] for a, b in
                              _call_bounds(step, training.num_train_steps, training.steps_per_call)), devs, training.steps_per_call)
@@ -367,7 +368,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   devs, ckpts = setup.devs, setup.ckpts
   step = int(state.step)
   start = time.time()
-  draw = _sampler(method, devs, config.sample.num, _held_out_examples(config, method, data_info))
+  draw = _sampler(method, devs, method.sample_count(config.sample.num),
+                  _held_out_examples(config, method, data_info))
   outputs = method.decode_samples(draw(state, jax.random.PRNGKey(config.seed + 2)))
   if devs.process_index == 0:
     paths = _write_samples(workdir, step, outputs, overwrite=False)  # keep the training-time samples
@@ -432,7 +434,8 @@ def _sample_quality(config: ml_collections.ConfigDict, method: Method, state: An
   """FID / IS / KID of `num` samples under every feature network at hand; {} for non-image samples.
 
   Samples that carry the classes they were asked for ('labels') are also scored by how often
-  each classifier assigns them to that class.
+  each classifier assigns them to that class; samples that carry their prompts ('prompts'), by
+  how often they show what the prompt says (`sample_quality.image_metrics`).
 
   Samples are drawn by `sampler` (`_quality_sampler`) with keys of their own, apart from the
   training-time samples' keys.
@@ -446,8 +449,9 @@ def _sample_quality(config: ml_collections.ConfigDict, method: Method, state: An
     return {}
   images = np.concatenate([c['images'] for c in chunks])[:num]
   labels = np.concatenate([c['labels'] for c in chunks])[:num] if 'labels' in chunks[0] else None
+  prompts = np.concatenate([c['prompts'] for c in chunks])[:num] if 'prompts' in chunks[0] else None
   start = time.time()
-  result, missing = sample_quality.image_metrics(config, images, devs, labels_N=labels)
+  result, missing = sample_quality.image_metrics(config, images, devs, labels_N=labels, prompts_N=prompts)
   for why in missing:
     _say(f'sample quality: left out: {why}')
   _say(f'sample quality of {len(images)} samples in {_format_duration(time.time() - start)}: '

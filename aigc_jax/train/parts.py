@@ -133,7 +133,8 @@ def _state_shapes(part: Part) -> Any:
 
 
 def load(part: Part) -> Any:
-  """The EMA params of the part's checkpoint, as host arrays, read without touching its run."""
+  """What the part's method gives from its checkpoint (`Method.part_variables`: its EMA params), as host arrays,
+  read without touching its run."""
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _state_shapes(part))
   ckpts = checkpoint.Checkpoints(os.path.join(part.workdir, 'checkpoints'), 1, read_only=True)
   try:
@@ -143,12 +144,13 @@ def load(part: Part) -> Any:
                     f'config.json describes ({e})') from None
   finally:
     ckpts.close()
-  return jax.device_get(state.ema_params)
+  return jax.device_get(part.method.part_variables(state))
 
 
 def placeholders(part: Part) -> Any:
-  """Zeros shaped like the part's EMA params: what a checkpoint that holds the part restores into."""
-  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _state_shapes(part).ema_params)
+  """Zeros shaped like what `load` reads: what a checkpoint that holds the part restores into."""
+  shapes = jax.eval_shape(part.method.part_variables, _state_shapes(part))
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
 
 
 def attach(state: state_lib.TrainState, params: dict[str, Any]) -> state_lib.TrainState:

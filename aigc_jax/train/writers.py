@@ -5,7 +5,9 @@ The file contracts (../shared/DESIGN.md) are kept here in one place:
   samples/step_<N>.npz   key 'images': uint8 [N, H, W, C]; step_<N>.png, a grid of the same;
                          other image arrays a method adds (e.g. 'reconstructions') in the same
                          .npz, each also as a grid step_<N>_<name>.png; 'labels' int32 [N], the
-                         classes a class-conditional model was asked for (its grid: one class per row)
+                         classes a class-conditional model was asked for (its grid: one class per row);
+                         'prompts' [N] strings, the prompt of each image of a text-to-image model, images in
+                         prompt order (its grid: one row per prompt, the prompt written under it)
                          (--mode=sample never overwrites: later draws are step_<N>_<k>.*)
   samples/step_<N>.txt   generated text: the samples one after another, each ended by a line of dashes
   samples/step_<N>.jsonl the same, one JSON object per sample: {"prompt": str, "text": str (the continuation),
@@ -26,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+from PIL import ImageDraw
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
@@ -200,6 +203,28 @@ def class_rows(images_NHWC: np.ndarray, labels_N: np.ndarray) -> np.ndarray:
   return rows
 
 
+def prompt_grid(images_NHWC: np.ndarray, prompts_N: Sequence[str]) -> np.ndarray:
+  """One grid row per run of images with the same prompt, the prompt written under its row (white cells fill)."""
+  runs = [[0]]
+  for i in range(1, len(prompts_N)):
+    if prompts_N[i] == prompts_N[i - 1]:
+      runs[-1].append(i)
+    else:
+      runs.append([i])
+  cols = max(len(r) for r in runs)
+  rows = np.full((len(runs), cols) + images_NHWC.shape[1:], 255, np.uint8)
+  for r, members in enumerate(runs):
+    rows[r, :len(members)] = images_NHWC[members]
+  bands = []
+  for r, members in enumerate(runs):
+    cells = image_grid(rows[r:r + 1])
+    label = Image.new('RGB' if cells.shape[-1] == 3 else 'L', (cells.shape[1], 14), 'white')
+    ImageDraw.Draw(label).text((4, 1), str(prompts_N[members[0]]), fill='black')
+    label_array = np.asarray(label).reshape(14, cells.shape[1], -1)
+    bands += [cells, np.broadcast_to(label_array, (14, cells.shape[1], cells.shape[2]))]
+  return np.concatenate(bands)
+
+
 def text_document(texts: Sequence[str], scores: Mapping[str, Sequence[float]] | None = None) -> str:
   """Text samples as one document: each sample followed by a separator line.
 
@@ -222,7 +247,8 @@ def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite
   {'images': uint8 [N, H, W, C]} becomes step_<N>.npz and .png; any other image array
   (uint8 [N, H, W, C] or [rows, cols, H, W, C]) goes into the same .npz and a grid
   step_<N>_<name>.png; 'labels' (int [N], the classes asked for) goes into the .npz and puts
-  one class per row of the images' grid; {'text': [N strings]} becomes step_<N>.txt, and 'records'
+  one class per row of the images' grid; 'prompts' (strings [N]) goes into the .npz and writes each prompt
+  under its row of the grid; {'text': [N strings]} becomes step_<N>.txt, and 'records'
   (N JSON-able dicts) step_<N>.jsonl. With `overwrite=False`
   (--mode=sample) existing samples of the same step are kept and the new ones are named
   step_<N>_<k> with the first free k.
@@ -240,10 +266,13 @@ def write_samples(workdir: str, step: int, samples: Mapping[str, Any], overwrite
     np.savez(base + '.tmp.npz', **arrays)
     os.replace(base + '.tmp.npz', base + '.npz')
     paths.append(base + '.npz')
-    labels = arrays.pop('labels', None)
+    labels, prompts = arrays.pop('labels', None), arrays.pop('prompts', None)
     for key, images in arrays.items():
       png = base + ('.png' if key == 'images' else f'_{key}.png')
-      grid = image_grid(class_rows(images, labels) if key == 'images' and labels is not None else images)
+      if key == 'images' and prompts is not None:
+        grid = prompt_grid(images, prompts)
+      else:
+        grid = image_grid(class_rows(images, labels) if key == 'images' and labels is not None else images)
       Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(png)
       paths.append(png)
   if 'text' in samples:
